@@ -1,0 +1,1 @@
+"""ARES for PyTorch Lightning."""

@@ -1,0 +1,58 @@
+"""ARES math as pure, vectorized torch: no Lightning, no I/O (see ARES_SPEC.md).
+
+Every equation lives here once; the README maps each name to its equation.
+"""
+
+from ares_lit.core.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    drgrpo_advantages,
+    get_advantage_estimator,
+    grpo_advantages,
+    register_advantage,
+    rloo_advantages,
+)
+from ares_lit.core.buckets import BUCKET_NAMES, EASY, HARD, MEDIUM, NUM_BUCKETS, assign_buckets
+from ares_lit.core.entropy import token_entropy, window_entropy
+from ares_lit.core.groups import group_mean, group_stats, informative_groups
+from ares_lit.core.hwe import HWEThreshold, count_hwe, hwe_mask, hwe_threshold, hwe_window_mask, sequence_quantiles
+from ares_lit.core.kl import KL_KINDS, DynamicKL, kl_estimate
+from ares_lit.core.losses import AGG_MODES, aggregate, masked_mean, policy_loss
+from ares_lit.core.rewards import bucket_targets, entropy_shaping_reward, huber, total_reward, update_alpha
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AGG_MODES",
+    "BUCKET_NAMES",
+    "EASY",
+    "HARD",
+    "KL_KINDS",
+    "MEDIUM",
+    "NUM_BUCKETS",
+    "DynamicKL",
+    "HWEThreshold",
+    "aggregate",
+    "assign_buckets",
+    "bucket_targets",
+    "count_hwe",
+    "drgrpo_advantages",
+    "entropy_shaping_reward",
+    "get_advantage_estimator",
+    "group_mean",
+    "group_stats",
+    "grpo_advantages",
+    "huber",
+    "hwe_mask",
+    "hwe_threshold",
+    "hwe_window_mask",
+    "informative_groups",
+    "kl_estimate",
+    "masked_mean",
+    "policy_loss",
+    "register_advantage",
+    "rloo_advantages",
+    "sequence_quantiles",
+    "token_entropy",
+    "total_reward",
+    "update_alpha",
+    "window_entropy",
+]

@@ -1,0 +1,147 @@
+"""High-window-entropy (HWE) threshold, tokens and windows (ARES_SPEC "HWE threshold", "HWE tokens").
+
+Pure torch: no Lightning, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "sequence_quantiles",
+    "hwe_threshold",
+    "HWEThreshold",
+    "hwe_mask",
+    "hwe_window_mask",
+    "count_hwe",
+]
+
+_REDUCTIONS = ("mean", "median")
+
+
+def sequence_quantiles(win: torch.Tensor, valid: torch.Tensor, quantile: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """q_i: the `quantile` of each sequence's valid window entropies, with linear interpolation.
+
+    Same interpolation as `torch.quantile` / numpy's default, but vectorized with a sort, so that it
+    has no input-size limit and handles a different number of valid windows per row.
+
+    Returns:
+        (q [B] fp32, has_valid [B] bool). q is 0 where a row has no valid window.
+    """
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1]; got {quantile}")
+    v = valid.bool()
+    w = torch.where(v, win.float(), torch.full((), math.inf, device=win.device))
+    sorted_w, _ = torch.sort(w, dim=-1)
+    count = v.sum(dim=-1)
+    has_valid = count > 0
+    pos = (count.clamp_min(1) - 1).to(torch.float64) * quantile
+    lo = pos.floor().long()
+    hi = pos.ceil().long()
+    frac = (pos - lo.to(torch.float64)).float()
+    lo_v = sorted_w.gather(1, lo.unsqueeze(1)).squeeze(1)
+    hi_v = sorted_w.gather(1, hi.unsqueeze(1)).squeeze(1)
+    q = lo_v + (hi_v - lo_v) * frac
+    q = torch.where(has_valid, q, torch.zeros_like(q))
+    return q, has_valid
+
+
+def hwe_threshold(
+    win: torch.Tensor,
+    valid: torch.Tensor,
+    quantile: float = 0.95,
+    reduce: str = "mean",
+) -> torch.Tensor:
+    """Batch HWE threshold τ_batch (ARES_SPEC "HWE threshold").
+
+    Paper: τ_batch = mean_i q_i, where q_i is the 0.95-quantile of H̄_{i,·} over response i.
+    `reduce="median"` gives the released code's statistic. Rows without a valid window are left
+    out; a batch without any returns nan (a caller keeps its previous τ then).
+    """
+    if reduce not in _REDUCTIONS:
+        raise ValueError(f"reduce must be one of {_REDUCTIONS}; got {reduce!r}")
+    q, has_valid = sequence_quantiles(win, valid, quantile)
+    if not bool(has_valid.any()):
+        return torch.tensor(math.nan, device=win.device)
+    q = q[has_valid]
+    return q.mean() if reduce == "mean" else q.median()
+
+
+class HWEThreshold:
+    """The HWE threshold τ across steps, optionally EMA-smoothed: τ <- (1 - μ)·τ + μ·τ_batch.
+
+    `momentum=None` (the paper's default) uses τ_batch as is. The released code used μ = 0.01.
+    The first finite τ_batch initialises τ; a nan τ_batch (no valid window) keeps τ unchanged.
+    """
+
+    def __init__(self, quantile: float = 0.95, reduce: str = "mean", momentum: float | None = None) -> None:
+        if reduce not in _REDUCTIONS:
+            raise ValueError(f"reduce must be one of {_REDUCTIONS}; got {reduce!r}")
+        if momentum is not None and not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1] or None; got {momentum}")
+        if not 0.0 <= quantile <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1]; got {quantile}")
+        self.quantile = quantile
+        self.reduce = reduce
+        self.momentum = momentum
+        self.value: float | None = None
+        self.num_updates = 0
+
+    def batch_value(self, win: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """τ_batch of one batch with this object's quantile and statistic."""
+        return hwe_threshold(win, valid, self.quantile, self.reduce)
+
+    def update(self, tau_batch: float | torch.Tensor) -> float | None:
+        """Fold one batch value in and return the current τ (None until a finite value arrives)."""
+        t = float(tau_batch)
+        if math.isfinite(t):
+            if self.value is None or self.momentum is None:
+                self.value = t
+            else:
+                self.value = (1.0 - self.momentum) * self.value + self.momentum * t
+            self.num_updates += 1
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = None if state["value"] is None else float(state["value"])
+        self.num_updates = int(state["num_updates"])
+
+
+def hwe_mask(
+    win: torch.Tensor,
+    valid: torch.Tensor,
+    threshold: float | torch.Tensor,
+    trigger_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """HWE tokens m_{i,t} = 1[H̄_{i,t:w} >= τ] on valid windows (ARES_SPEC "HWE tokens").
+
+    `trigger_mask` [B, T] optionally also requires the sampled token at t to be a reasoning
+    trigger word. A nan threshold marks nothing.
+    """
+    m = valid.bool() & (win >= threshold)
+    if trigger_mask is not None:
+        m = m & trigger_mask.bool()
+    return m
+
+
+def count_hwe(hwe: torch.Tensor) -> torch.Tensor:
+    """N_HE,i = sum_t m_{i,t}, as fp32 [B]."""
+    return hwe.sum(dim=-1).float()
+
+
+def hwe_window_mask(hwe: torch.Tensor, window: int, mask: torch.Tensor) -> torch.Tensor:
+    """Tokens inside validated HWE windows: the union of [t, t+w-1] over t with m_{i,t} = 1.
+
+    A token s is covered when any of hwe[s-w+1 .. s] is set; the result is restricted to `mask`.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1; got {window}")
+    h = hwe.bool()
+    padded = torch.cat([h.new_zeros(h.shape[0], window - 1), h], dim=1)
+    covered = padded.unfold(1, window, 1).any(dim=-1)
+    return covered & mask.bool()

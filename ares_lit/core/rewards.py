@@ -1,0 +1,155 @@
+"""Hierarchical, difficulty-aware entropy reward (ARES_SPEC "Bucket targets", "Hierarchical entropy reward").
+
+The paper's λ_d formula is identically 0 (T_d is the batch mean), so this implements the shaping
+of the released code, which reproduces the paper's case study (Appendix M). Every constant is a
+keyword argument with the spec's default; per-bucket constants are (easy, medium, hard) triples.
+
+Pure torch: no Lightning, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ares_lit.core.buckets import NUM_BUCKETS
+
+__all__ = ["huber", "entropy_shaping_reward", "bucket_targets", "update_alpha", "total_reward"]
+
+Triple = Sequence[float]
+
+
+def _per_sample(values: Triple, bucket: torch.Tensor) -> torch.Tensor:
+    if len(values) != NUM_BUCKETS:
+        raise ValueError(f"per-bucket constants need {NUM_BUCKETS} values (easy, medium, hard); got {values!r}")
+    return torch.tensor(list(values), dtype=torch.float32, device=bucket.device)[bucket]
+
+
+def huber(x: torch.Tensor, kappa: torch.Tensor | float) -> torch.Tensor:
+    """h(x) = x^2 / (2κ) if x <= κ, else x - κ/2, for x >= 0."""
+    return torch.where(x <= kappa, x * x / (2 * kappa), x - kappa / 2)
+
+
+def entropy_shaping_reward(
+    n_hwe: torch.Tensor,
+    target: torch.Tensor | float,
+    bucket: torch.Tensor,
+    correct: torch.Tensor,
+    alpha: torch.Tensor | float,
+    *,
+    margin_frac: Triple = (0.15, 0.25, 0.35),
+    min_margin: float = 1.0,
+    huber_kappa: Triple = (2.0, 3.0, 4.0),
+    sigmoid_temp: Triple = (2.0, 2.5, 3.0),
+    cap_scale: Triple = (1.0, 1.0, 1.2),
+    wrong_scale: Triple = (0.6, 0.8, 1.0),
+    hard_under_scale: float = 0.5,
+) -> torch.Tensor:
+    """R_entropy per sample (ARES_SPEC "Hierarchical entropy reward").
+
+    Args:
+        n_hwe: [N] N_HE of each response.
+        target: T_d of each response's bucket, [N] or a scalar.
+        bucket: [N] long, 0 easy / 1 medium / 2 hard.
+        correct: [N] bool, whether the answer was right.
+        alpha: α_d of each response's bucket, [N] or a scalar.
+
+    With Δ = N_HE - T_d, m = max(min_margin, f_d·max(T_d, 1)), cap = α_d·c_d, h the Huber
+    function with κ_d and σ(x) = 1 / (1 + exp(-x / s_d)):
+
+    correct, easy:   -min(cap, h(max(Δ - m, 0)) / (m + κ) · cap)   (penalise over-thinking)
+    correct, medium: -min(cap, h(max(|Δ| - m, 0)) / (m + κ) · cap) (stay near the target)
+    correct, hard:   σ(Δ + m)·cap if Δ >= -m, else -min(cap, 0.5·h(-Δ - m) / (m + κ) · cap)
+    incorrect:       σ(max(Δ - m, 0))·cap·wrong_scale_d            (reward exploring)
+    """
+    b = bucket.long()
+    n = n_hwe.float()
+    t = torch.as_tensor(target, dtype=torch.float32, device=n.device).expand_as(n)
+    a = torch.as_tensor(alpha, dtype=torch.float32, device=n.device).expand_as(n)
+    f = _per_sample(margin_frac, b)
+    kappa = _per_sample(huber_kappa, b)
+    s = _per_sample(sigmoid_temp, b)
+    cap = a * _per_sample(cap_scale, b)
+
+    delta = n - t
+    m = (f * t.clamp_min(1.0)).clamp_min(min_margin)
+    denom = m + kappa
+    zero = torch.zeros_like(delta)
+
+    easy = -torch.minimum(cap, huber(torch.maximum(delta - m, zero), kappa) / denom * cap)
+    medium = -torch.minimum(cap, huber(torch.maximum(delta.abs() - m, zero), kappa) / denom * cap)
+    hard_under = -torch.minimum(cap, hard_under_scale * huber(torch.maximum(-delta - m, zero), kappa) / denom * cap)
+    hard = torch.where(delta >= -m, torch.sigmoid((delta + m) / s) * cap, hard_under)
+    right = torch.where(b == 0, easy, torch.where(b == 1, medium, hard))
+    wrong = torch.sigmoid(torch.maximum(delta - m, zero) / s) * cap * _per_sample(wrong_scale, b)
+    return torch.where(correct.bool(), right, wrong)
+
+
+def bucket_targets(
+    n_hwe: torch.Tensor,
+    bucket: torch.Tensor,
+    previous: torch.Tensor | None = None,
+    momentum: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-bucket targets T_d (ARES_SPEC "Bucket targets").
+
+    T_d is the mean N_HE of the bucket-d responses in the batch, optionally EMA-smoothed:
+    T_d <- (1 - μ)·T_d + μ·mean. A bucket that is empty in the batch keeps its previous target
+    (nan if it never had one).
+
+    Returns:
+        (targets [3], batch_mean [3] (nan where empty), present [3] bool)
+    """
+    b = bucket.long()
+    n = n_hwe.float()
+    sums = torch.zeros(NUM_BUCKETS, dtype=torch.float64, device=n.device).index_add_(0, b, n.double())
+    counts = torch.bincount(b, minlength=NUM_BUCKETS)[:NUM_BUCKETS]
+    present = counts > 0
+    nan = torch.full((NUM_BUCKETS,), math.nan, dtype=torch.float32, device=n.device)
+    mean = torch.where(present, (sums / counts.clamp_min(1)).float(), nan)
+    prev = nan if previous is None else previous.float().to(n.device)
+    if momentum is None:
+        smoothed = mean
+    else:
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"target momentum must be in (0, 1] or None; got {momentum}")
+        smoothed = torch.where(torch.isnan(prev), mean, (1.0 - momentum) * prev + momentum * mean)
+    return torch.where(present, smoothed, prev), mean, present
+
+
+def update_alpha(
+    alpha: torch.Tensor,
+    mean_nhe: torch.Tensor,
+    target: torch.Tensor,
+    present: torch.Tensor,
+    eta: float = 0.05,
+    bounds: tuple[float, float] = (0.0, 2.0),
+) -> torch.Tensor:
+    """Per-bucket α_d update (ARES_SPEC "Hierarchical entropy reward").
+
+    α_d += η·(mean N_HE - T_d) for easy and medium, α_d += η·(T_d - mean N_HE) for hard, then clip
+    to `bounds`. Buckets absent from the batch, or without a target yet, keep α_d.
+
+    Pass the target from *before* this batch was folded in: against the same batch's mean the
+    update would be identically 0 (the same degeneracy as the paper's λ_d). This is our choice.
+    """
+    sign = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float32, device=alpha.device)
+    diff = mean_nhe.float() - target.float()
+    ok = present.bool() & torch.isfinite(diff)
+    stepped = alpha.float() + eta * sign * torch.where(ok, diff, torch.zeros_like(diff))
+    return stepped.clamp(bounds[0], bounds[1])
+
+
+def total_reward(
+    accuracy: torch.Tensor,
+    entropy_reward: torch.Tensor,
+    format_reward: torch.Tensor | None = None,
+    format_weight: float = 0.0,
+) -> torch.Tensor:
+    """R = R_acc + R_entropy (+ w_fmt · R_format); w_fmt = 0 by default."""
+    r = accuracy.float() + entropy_reward.float()
+    if format_reward is not None and format_weight != 0.0:
+        r = r + format_weight * format_reward.float()
+    return r
