@@ -28,27 +28,13 @@ def entropy_chunk_rows(n_rows: int, vocab: int, input_bytes: int, budget_bytes: 
     return int(max(1, min(n_rows, budget_bytes // per_row)))
 
 
-def _entropy_rows(z: torch.Tensor, temperature: float, inplace: bool) -> torch.Tensor:
-    """Entropy of softmax(z / T) per row of a 2-D chunk, accumulated in fp32.
-
-    H = log S - sum(e * x) / S with x = z/T - max(z/T) and e = exp(x), S = sum(e). This is the
-    same quantity as verl's `logsumexp(z) - sum(softmax(z) * z)`, with one fewer (rows, V) buffer.
-    """
-    x = z.float()
-    if inplace and x.data_ptr() == z.data_ptr():
-        x = x.clone()  # fp32 input: never write into the caller's logits
-    if temperature != 1.0:
-        x = x.div_(temperature) if inplace else x / temperature
-    m = x.amax(dim=-1, keepdim=True)
-    # A row of -inf (fully masked vocabulary) would give nan; treat it as entropy 0.
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    x = x.sub_(m) if inplace else x - m
-    e = x.exp()
-    s = e.sum(dim=-1)
-    ex = e.mul_(x) if inplace else e * x
+def _entropy_rows(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Differentiable entropy of softmax(z / T) per row of a 2-D chunk, in fp32."""
+    x = z.float() / temperature
+    logp = x - torch.logsumexp(x, dim=-1, keepdim=True)
+    p = logp.exp()
     # 0 * (-inf) = nan for masked-out vocabulary entries: they contribute nothing.
-    ex = torch.nan_to_num(ex, nan=0.0) if not inplace else ex.nan_to_num_(nan=0.0)
-    return s.log() - ex.sum(dim=-1) / s
+    return -torch.nan_to_num(p * logp, nan=0.0).sum(dim=-1)
 
 
 def token_entropy(
@@ -75,14 +61,31 @@ def token_entropy(
     out = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
     if n_rows == 0:
         return out.reshape(lead_shape)
-    needs_grad = torch.is_grad_enabled() and logits.requires_grad
     rows = entropy_chunk_rows(n_rows, vocab, flat.numel() * flat.element_size(), budget_bytes)
-    if needs_grad:
-        parts = [_entropy_rows(flat[i : i + rows], temperature, inplace=False) for i in range(0, n_rows, rows)]
+    if torch.is_grad_enabled() and logits.requires_grad:
+        parts = [_entropy_rows(flat[i : i + rows], temperature) for i in range(0, n_rows, rows)]
         return torch.cat(parts).reshape(lead_shape)
+    # No-grad path: two fp32 scratch buffers allocated once and reused by every chunk, so peak
+    # memory is exactly the budget and the allocator sees no churn.
+    # H = log S - sum(e * x) / S with x = z/T - max(z/T), e = exp(x), S = sum(e): the same
+    # quantity as verl's logsumexp(z) - sum(softmax(z) * z).
+    x_buf = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
+    e_buf = torch.empty_like(x_buf)
     with torch.no_grad():
         for start in range(0, n_rows, rows):
-            out[start : start + rows] = _entropy_rows(flat[start : start + rows], temperature, inplace=True)
+            chunk = flat[start : start + rows]
+            x = x_buf[: chunk.shape[0]]
+            e = e_buf[: chunk.shape[0]]
+            x.copy_(chunk)
+            if temperature != 1.0:
+                x.div_(temperature)
+            m = x.amax(dim=-1, keepdim=True)
+            # A row of -inf (fully masked vocabulary) would give nan; its entropy is taken as 0.
+            x.sub_(torch.where(torch.isfinite(m), m, torch.zeros_like(m)))
+            torch.exp(x, out=e)
+            total = e.sum(dim=-1)
+            e.mul_(x).nan_to_num_(nan=0.0)  # 0 * (-inf) for masked vocabulary entries
+            out[start : start + chunk.shape[0]] = total.log() - e.sum(dim=-1) / total
     return out.reshape(lead_shape)
 
 

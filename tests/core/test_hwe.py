@@ -1,0 +1,101 @@
+"""HWE threshold, tokens and windows (ARES_SPEC "HWE threshold", "HWE tokens")."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ares_lit.core.hwe import HWEThreshold, count_hwe, hwe_mask, hwe_threshold, hwe_window_mask, sequence_quantiles
+
+masks = st.lists(st.lists(st.booleans(), min_size=12, max_size=12), min_size=1, max_size=6)
+
+
+@given(masks, st.floats(0.0, 1.0))
+def test_sequence_quantiles_match_torch_quantile(mask_rows, q):
+    valid = torch.tensor(mask_rows)
+    win = torch.rand(valid.shape) * 5
+    got, has = sequence_quantiles(win, valid, q)
+    for i in range(valid.shape[0]):
+        vals = win[i][valid[i]]
+        assert bool(has[i]) == (vals.numel() > 0)
+        if vals.numel():
+            assert abs(float(got[i]) - float(torch.quantile(vals.double(), q))) < 1e-5
+
+
+def test_threshold_is_mean_of_per_sequence_quantiles():
+    # Row 0 valid values 0..20 -> q95 = 19; row 1 values 100..104 -> q95 = 103.8.
+    win = torch.zeros(2, 21)
+    valid = torch.zeros(2, 21, dtype=torch.bool)
+    win[0] = torch.arange(21.0)
+    valid[0] = True
+    win[1, :5] = torch.arange(100.0, 105.0)
+    valid[1, :5] = True
+    tau = hwe_threshold(win, valid, 0.95)
+    assert abs(float(tau) - (19.0 + 103.8) / 2) < 1e-4
+    assert abs(float(hwe_threshold(win, valid, 0.5)) - (10.0 + 102.0) / 2) < 1e-4
+
+
+def test_threshold_median_option_and_empty_rows():
+    win = torch.tensor([[1.0, 0.0], [2.0, 0.0], [9.0, 0.0], [5.0, 5.0]])
+    valid = torch.tensor([[True, False], [True, False], [True, False], [False, False]])
+    assert float(hwe_threshold(win, valid, 0.95, reduce="median")) == 2.0  # row 3 has no window
+    assert abs(float(hwe_threshold(win, valid, 0.95)) - 4.0) < 1e-6
+    assert math.isnan(float(hwe_threshold(win, torch.zeros_like(valid), 0.95)))
+    with pytest.raises(ValueError, match="reduce"):
+        hwe_threshold(win, valid, reduce="max")
+
+
+def test_stateful_threshold_ema_and_state_dict():
+    t = HWEThreshold(momentum=0.1)
+    assert t.update(float("nan")) is None  # nothing yet
+    assert t.update(2.0) == 2.0  # first value initialises
+    assert abs(t.update(4.0) - (0.9 * 2.0 + 0.1 * 4.0)) < 1e-12
+    assert abs(t.update(float("nan")) - 2.2) < 1e-12  # empty batch keeps tau
+    clone = HWEThreshold(momentum=0.1)
+    clone.load_state_dict(t.state_dict())
+    assert clone.value == t.value and clone.num_updates == t.num_updates == 2
+    paper = HWEThreshold()  # paper default: recomputed every batch
+    paper.update(3.0)
+    assert paper.update(7.0) == 7.0
+    with pytest.raises(ValueError, match="momentum"):
+        HWEThreshold(momentum=0.0)
+
+
+def test_batch_value_uses_configured_statistic():
+    win = torch.tensor([[1.0], [2.0], [9.0]])
+    valid = torch.ones(3, 1, dtype=torch.bool)
+    assert float(HWEThreshold(reduce="median").batch_value(win, valid)) == 2.0
+    assert float(HWEThreshold().batch_value(win, valid)) == 4.0
+
+
+def test_hwe_mask_threshold_validity_and_triggers():
+    win = torch.tensor([[1.0, 2.0, 3.0, 3.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    assert hwe_mask(win, valid, 2.0).tolist() == [[False, True, True, False]]  # >= and valid only
+    trig = torch.tensor([[True, False, True, True]])
+    assert hwe_mask(win, valid, 2.0, trig).tolist() == [[False, False, True, False]]
+    assert not hwe_mask(win, valid, float("nan")).any()
+    assert count_hwe(hwe_mask(win, valid, 2.0)).tolist() == [2.0]
+
+
+def test_window_mask_hand_worked():
+    hwe = torch.tensor([[False, False, True, False, False, False, True]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0]])
+    out = hwe_window_mask(hwe, 3, mask)
+    assert out.tolist() == [[False, False, True, True, True, False, False]]
+
+
+@given(st.integers(1, 6), st.lists(st.booleans(), min_size=1, max_size=25), st.lists(st.booleans(), min_size=25, max_size=25))
+def test_window_mask_matches_loop_reference(window, hwe_list, mask_list):
+    n = len(hwe_list)
+    hwe = torch.tensor([hwe_list])
+    mask = torch.tensor([mask_list[:n]])
+    expect = [False] * n
+    for t in range(n):
+        if hwe_list[t]:
+            for s in range(t, min(n, t + window)):
+                expect[s] = True
+    expect = [e and m for e, m in zip(expect, mask_list[:n])]
+    assert hwe_window_mask(hwe, window, mask).tolist() == [expect]
