@@ -1,0 +1,35 @@
+"""The `python -m ares_lit` command line: a LightningCLI whose model and data are chosen by class_path.
+
+A YAML config picks a stage, e.g. `python -m ares_lit fit --config configs/aepo.yaml`, and every
+field can be overridden on the command line (`--trainer.max_steps 5`, `--model.init_args.lr 1e-6`).
+`--print_config` prints the fully resolved config with every default.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+# TensorBoard under runs/ unless a config says otherwise.
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs"},
+    },
+}
+
+
+class AresCLI(LightningCLI):
+    """LightningCLI with `fit`, `validate`, `test` and `predict`; models and data by class_path."""
+
+
+def main(args: list[str] | None = None) -> AresCLI:
+    return AresCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
