@@ -1,0 +1,1 @@
+"""Model builders and converters (tiny random models for tests, packaged pretrained weights)."""
