@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # pip on our machines warns once per package about unreadable local indexes; keep the log readable.
-QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1

@@ -1,0 +1,177 @@
+"""`DifficultyTracker`: per-prompt difficulty history and per-bucket AEPO controller state.
+
+ARES_SPEC "Online difficulty buckets", "Bucket targets", "Hierarchical entropy reward". The math is
+in `ares_lit.core` (`assign_buckets`, `bucket_targets`, `update_alpha`); this class only holds the
+state that must survive across steps and checkpoints:
+
+- each prompt's last bucket and a bounded history of its group accuracies,
+- the per-bucket targets T_d (nan until the bucket is first seen),
+- the per-bucket reward scales α_d.
+
+The tracker lives in the prompt DataModule, so Lightning saves it in checkpoints through
+`LightningDataModule.state_dict`. Under DDP, pass it the all-gathered prompt ids, accuracies,
+N_HE and buckets so that every rank holds the same state (only rank 0's copy is saved).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import torch
+
+from ares_lit.core import BUCKET_NAMES, NUM_BUCKETS, assign_buckets, bucket_targets, update_alpha
+
+__all__ = ["DifficultyTracker"]
+
+
+class DifficultyTracker:
+    """Online difficulty buckets and the α_d / T_d controllers of the entropy reward.
+
+    Args:
+        easy_min: group accuracy at or above which a prompt is easy (spec: 2/3).
+        medium_min: group accuracy at or above which a prompt is medium, else hard (spec: 1/3).
+        target_momentum: EMA momentum μ for T_d (T ← (1-μ)·T + μ·batch mean); None uses the batch mean.
+        alpha_init: starting α_d for every bucket (spec: 0.5).
+        alpha_eta: α step size η (spec: 0.05).
+        alpha_bounds: α_d is clipped to this [low, high] (spec: [0, 2]).
+        history: how many past group accuracies to keep per prompt.
+    """
+
+    def __init__(
+        self,
+        easy_min: float = 2 / 3,
+        medium_min: float = 1 / 3,
+        target_momentum: float | None = None,
+        alpha_init: float = 0.5,
+        alpha_eta: float = 0.05,
+        alpha_bounds: tuple[float, float] = (0.0, 2.0),
+        history: int = 8,
+    ) -> None:
+        assign_buckets(torch.zeros(1), easy_min, medium_min)  # validates the thresholds now, not mid-run
+        if target_momentum is not None and not 0.0 < target_momentum <= 1.0:
+            raise ValueError(f"target_momentum must be in (0, 1] or None; got {target_momentum}")
+        low, high = alpha_bounds
+        if not low <= alpha_init <= high:
+            raise ValueError(f"alpha_init must lie in alpha_bounds {tuple(alpha_bounds)}; got {alpha_init}")
+        if history < 1:
+            raise ValueError(f"history must be >= 1; got {history}")
+        self.easy_min = easy_min
+        self.medium_min = medium_min
+        self.target_momentum = target_momentum
+        self.alpha_init = alpha_init
+        self.alpha_eta = alpha_eta
+        self.alpha_bounds = (float(low), float(high))
+        self.history = history
+        self.targets = torch.full((NUM_BUCKETS,), math.nan)
+        self.alpha = torch.full((NUM_BUCKETS,), float(alpha_init))
+        self.last_batch_counts = torch.zeros(NUM_BUCKETS, dtype=torch.long)
+        self._bucket: dict[str, int] = {}
+        self._history: dict[str, deque[float]] = {}
+
+    # ------------------------------------------------------------------ buckets
+    def assign(self, prompt_ids: list[str], group_accuracy: torch.Tensor) -> torch.Tensor:
+        """Bucket each prompt from its CURRENT rollouts, before any shaped reward is computed.
+
+        Args:
+            prompt_ids: P prompt ids.
+            group_accuracy: [P] mean accuracy of each prompt's group of G rollouts.
+
+        Returns:
+            [P] long buckets (0 easy, 1 medium, 2 hard) on group_accuracy's device. Each prompt's
+            last bucket is recorded and its accuracy appended to its bounded history.
+        """
+        acc = group_accuracy.detach().reshape(-1)
+        if acc.numel() != len(prompt_ids):
+            raise ValueError(f"got {len(prompt_ids)} prompt ids but {acc.numel()} group accuracies")
+        buckets = assign_buckets(acc, self.easy_min, self.medium_min)
+        self.last_batch_counts = torch.bincount(buckets.cpu(), minlength=NUM_BUCKETS)[:NUM_BUCKETS]
+        # Bookkeeping on P python strings per step; not a tensor hot path.
+        for pid, b, a in zip(prompt_ids, buckets.tolist(), acc.double().tolist()):
+            pid = str(pid)
+            self._bucket[pid] = b
+            self._history.setdefault(pid, deque(maxlen=self.history)).append(a)
+        return buckets
+
+    def bucket_of(self, prompt_id: str) -> int | None:
+        """The bucket a prompt got when it was last seen, or None if never seen."""
+        return self._bucket.get(str(prompt_id))
+
+    def history_of(self, prompt_id: str) -> list[float]:
+        """The prompt's recent group accuracies, oldest first (at most `history` of them)."""
+        return list(self._history.get(str(prompt_id), ()))
+
+    # ---------------------------------------------------------- α and targets
+    def update_targets(self, n_hwe: torch.Tensor, bucket: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold one batch into T_d and α_d; return the (targets, alpha) for THIS batch's reward.
+
+        Args:
+            n_hwe: [N] N_HE per response.
+            bucket: [N] long bucket of each response (its prompt's bucket).
+
+        Order, per ARES_SPEC "Bucket targets" and "Hierarchical entropy reward":
+            1. prev = self.targets (before this batch)
+            2. new, mean, present = core.bucket_targets(n_hwe, bucket, prev, target_momentum):
+               T_d is this batch's mean N_HE of bucket d (EMA-smoothed if target_momentum is set);
+               a bucket empty in this batch keeps its last target.
+            3. alpha_now = self.alpha: the reward of this batch uses α_d as it was before the batch.
+            4. self.alpha = core.update_alpha(self.alpha, mean, prev, present, eta, bounds): α moves
+               by η·(mean N_HE - T_d^prev) (sign flipped for hard). Against the target that
+               already includes this batch the step would be identically 0 without momentum,
+               so the PREVIOUS target is used; on a bucket's first batch (prev nan) α stays.
+            5. self.targets = new.
+
+        Returns:
+            (targets [3], alpha [3]) on n_hwe's device: `new` and `alpha_now`.
+        """
+        n = n_hwe.detach().reshape(-1).float().cpu()
+        b = bucket.detach().reshape(-1).long().cpu()
+        if n.numel() != b.numel():
+            raise ValueError(f"n_hwe has {n.numel()} values but bucket has {b.numel()}")
+        if b.numel() and (b.min() < 0 or b.max() >= NUM_BUCKETS):
+            raise ValueError(f"buckets must be in [0, {NUM_BUCKETS}); got values {sorted(set(b.tolist()))}")
+        prev = self.targets.clone()
+        new, mean, present = bucket_targets(n, b, prev, self.target_momentum)
+        alpha_now = self.alpha.clone()
+        self.alpha = update_alpha(self.alpha, mean, prev, present, self.alpha_eta, self.alpha_bounds)
+        self.targets = new
+        device = n_hwe.device
+        return new.to(device), alpha_now.to(device)
+
+    # ----------------------------------------------------------------- logging
+    def bucket_counts(self) -> dict[str, int]:
+        """How many tracked prompts sit in each bucket (by their last assignment)."""
+        counts = torch.bincount(torch.tensor(list(self._bucket.values()), dtype=torch.long), minlength=NUM_BUCKETS)
+        return {name: int(c) for name, c in zip(BUCKET_NAMES, counts.tolist())}
+
+    def summary(self) -> dict[str, float]:
+        """Flat scalars for `self.log_dict`: targets, α, last batch's bucket sizes, tracked prompts."""
+        out: dict[str, float] = {}
+        for d, name in enumerate(BUCKET_NAMES):
+            out[f"difficulty/target_{name}"] = float(self.targets[d])
+            out[f"difficulty/alpha_{name}"] = float(self.alpha[d])
+            out[f"difficulty/batch_{name}"] = float(self.last_batch_counts[d])
+        out["difficulty/tracked_prompts"] = float(len(self._bucket))
+        return out
+
+    # -------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict:
+        """Plain Python and CPU tensors, loadable with `torch.load(weights_only=True)`."""
+        return {
+            "targets": self.targets.clone(),
+            "alpha": self.alpha.clone(),
+            "last_batch_counts": self.last_batch_counts.clone(),
+            "bucket": dict(self._bucket),
+            "history": {pid: list(h) for pid, h in self._history.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved. Settings (thresholds, η, bounds) come from the config."""
+        self.targets = torch.as_tensor(state["targets"], dtype=torch.float32).clone().cpu()
+        self.alpha = torch.as_tensor(state["alpha"], dtype=torch.float32).clone().cpu()
+        if "last_batch_counts" in state:
+            self.last_batch_counts = torch.as_tensor(state["last_batch_counts"], dtype=torch.long).clone().cpu()
+        self._bucket = {str(k): int(v) for k, v in state.get("bucket", {}).items()}
+        self._history = {
+            str(k): deque((float(x) for x in v), maxlen=self.history) for k, v in state.get("history", {}).items()
+        }

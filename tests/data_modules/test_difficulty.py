@@ -1,0 +1,136 @@
+"""DifficultyTracker: buckets from current rollouts, bounded history, T_d / α_d order, checkpoints."""
+
+import math
+
+import pytest
+import torch
+
+from ares_lit.core import EASY, HARD, MEDIUM
+from data_modules.difficulty import DifficultyTracker
+
+
+def test_assign_group_of_eight_records_bucket_and_history():
+    tr = DifficultyTracker()
+    ids = [f"p{k}" for k in range(9)]
+    acc = torch.arange(9, dtype=torch.float32) / 8  # k of 8 rollouts right
+    buckets = tr.assign(ids, acc)
+    assert buckets.dtype == torch.long
+    assert buckets.tolist() == [HARD, HARD, HARD, MEDIUM, MEDIUM, MEDIUM, EASY, EASY, EASY]
+    assert [tr.bucket_of(i) for i in ids] == buckets.tolist()
+    assert tr.history_of("p3") == [pytest.approx(3 / 8)]
+    assert tr.bucket_of("never") is None and tr.history_of("never") == []
+    assert tr.bucket_counts() == {"easy": 3, "medium": 3, "hard": 3}
+    assert tr.last_batch_counts.tolist() == [3, 3, 3]
+
+    # the bucket follows the CURRENT rollouts: p0 was hard, now it is solved 7/8 times
+    assert tr.assign(["p0"], torch.tensor([7 / 8])).tolist() == [EASY]
+    assert tr.bucket_of("p0") == EASY
+    assert tr.history_of("p0") == [0.0, pytest.approx(7 / 8)]
+    assert tr.bucket_counts() == {"easy": 4, "medium": 3, "hard": 2}
+    assert tr.last_batch_counts.tolist() == [1, 0, 0]
+
+
+def test_custom_thresholds():
+    tr = DifficultyTracker(easy_min=0.9, medium_min=0.5)
+    assert tr.assign(["a", "b", "c"], torch.tensor([0.875, 0.5, 0.4])).tolist() == [MEDIUM, MEDIUM, HARD]
+
+
+def test_history_is_bounded_and_keeps_the_latest():
+    tr = DifficultyTracker(history=3)
+    for k in range(6):
+        tr.assign(["p"], torch.tensor([k / 8]))
+    assert tr.history_of("p") == pytest.approx([3 / 8, 4 / 8, 5 / 8])
+
+
+def test_update_targets_hand_worked():
+    tr = DifficultyTracker(alpha_init=0.5, alpha_eta=0.02)
+    assert torch.isnan(tr.targets).all() and tr.alpha.tolist() == [0.5, 0.5, 0.5]
+
+    # batch 1: easy {10, 20}, medium {30}, hard {6}. No previous target: α cannot move yet.
+    t, a = tr.update_targets(torch.tensor([10.0, 20.0, 30.0, 6.0]), torch.tensor([0, 0, 1, 2]))
+    assert t.tolist() == [15.0, 30.0, 6.0]
+    assert a.tolist() == [0.5, 0.5, 0.5]
+    assert tr.alpha.tolist() == [0.5, 0.5, 0.5]
+
+    # batch 2: easy {25, 35} (mean 30), medium empty, hard {2}
+    t, a = tr.update_targets(torch.tensor([25.0, 35.0, 2.0]), torch.tensor([0, 0, 2]))
+    assert t.tolist() == [30.0, 30.0, 2.0]  # medium keeps its last target
+    assert a.tolist() == [0.5, 0.5, 0.5]  # this batch's reward uses α from before the batch
+    # α moves against the PREVIOUS target: easy += η(30 - 15); hard += η(6 - 2); medium absent
+    assert tr.alpha.tolist() == pytest.approx([0.5 + 0.02 * 15, 0.5, 0.5 + 0.02 * 4])
+    assert tr.targets.tolist() == [30.0, 30.0, 2.0]
+
+    # batch 3: easy {20}: returns batch 2's α; easy α steps down by η(20 - 30)
+    t, a = tr.update_targets(torch.tensor([20.0]), torch.tensor([0]))
+    assert t.tolist() == [20.0, 30.0, 2.0]
+    assert a.tolist() == pytest.approx([0.8, 0.5, 0.58])
+    assert tr.alpha.tolist() == pytest.approx([0.6, 0.5, 0.58])
+
+
+def test_empty_bucket_keeps_nan_until_first_seen():
+    tr = DifficultyTracker()
+    t, _ = tr.update_targets(torch.tensor([4.0, 8.0]), torch.tensor([1, 1]))
+    assert math.isnan(t[0]) and t[1] == 6.0 and math.isnan(t[2])
+    t, _ = tr.update_targets(torch.tensor([3.0]), torch.tensor([2]))
+    assert math.isnan(t[0]) and t[1] == 6.0 and t[2] == 3.0
+
+
+def test_target_momentum_and_alpha_clipping():
+    tr = DifficultyTracker(target_momentum=0.5, alpha_eta=1.0, alpha_bounds=(0.0, 2.0))
+    tr.update_targets(torch.tensor([10.0, 6.0]), torch.tensor([0, 2]))
+    t, _ = tr.update_targets(torch.tensor([30.0, 2.0]), torch.tensor([0, 2]))
+    assert t[0] == 20.0 and t[2] == 4.0 and math.isnan(t[1])  # EMA: 0.5·10 + 0.5·30, 0.5·6 + 0.5·2
+    # easy α: 0.5 + 1.0·(30 - 10) clipped to 2; hard α: 0.5 + 1.0·(6 - 2) clipped to 2
+    assert tr.alpha.tolist() == [2.0, 0.5, 2.0]
+    tr.update_targets(torch.tensor([0.0, 40.0]), torch.tensor([0, 2]))
+    assert tr.alpha.tolist() == [0.0, 0.5, 0.0]  # big steps down clip at the lower bound
+
+
+def test_state_dict_round_trip_through_a_file(tmp_path):
+    tr = DifficultyTracker(history=4, alpha_eta=0.02)
+    tr.assign(["a", "b", "c"], torch.tensor([1.0, 0.5, 0.0]))
+    tr.assign(["a"], torch.tensor([0.25]))
+    tr.update_targets(torch.tensor([10.0, 30.0]), torch.tensor([0, 1]))
+    tr.update_targets(torch.tensor([20.0, 7.0]), torch.tensor([0, 2]))
+    path = tmp_path / "tracker.pt"
+    torch.save(tr.state_dict(), path)
+
+    back = DifficultyTracker(history=4, alpha_eta=0.02)
+    back.load_state_dict(torch.load(path, weights_only=True))
+    assert torch.equal(back.targets.isnan(), tr.targets.isnan())
+    assert back.targets.nan_to_num(-1).tolist() == tr.targets.nan_to_num(-1).tolist()
+    assert back.alpha.tolist() == tr.alpha.tolist() and back.alpha.tolist() != [0.5, 0.5, 0.5]
+    assert [back.bucket_of(p) for p in "abc"] == [HARD, MEDIUM, HARD]
+    assert back.history_of("a") == [1.0, 0.25]
+    assert back.bucket_counts() == tr.bucket_counts()
+    # both continue identically
+    n, b = torch.tensor([12.0, 25.0, 3.0]), torch.tensor([0, 1, 2])
+    for x, y in zip(back.update_targets(n, b), tr.update_targets(n, b)):
+        assert x.tolist() == y.tolist()
+
+
+def test_summary_is_flat_floats():
+    tr = DifficultyTracker()
+    tr.assign(["a", "b"], torch.tensor([1.0, 0.0]))
+    tr.update_targets(torch.tensor([5.0]), torch.tensor([0]))
+    s = tr.summary()
+    assert s["difficulty/target_easy"] == 5.0 and math.isnan(s["difficulty/target_hard"])
+    assert s["difficulty/alpha_medium"] == 0.5
+    assert s["difficulty/batch_easy"] == 1.0 and s["difficulty/batch_hard"] == 1.0
+    assert s["difficulty/tracked_prompts"] == 2.0
+
+
+def test_errors_say_what_is_wrong():
+    with pytest.raises(ValueError, match="medium_min"):
+        DifficultyTracker(easy_min=0.2, medium_min=0.5)
+    with pytest.raises(ValueError, match="alpha_init"):
+        DifficultyTracker(alpha_init=3.0)
+    with pytest.raises(ValueError, match="target_momentum"):
+        DifficultyTracker(target_momentum=0.0)
+    tr = DifficultyTracker()
+    with pytest.raises(ValueError, match="2 prompt ids but 3"):
+        tr.assign(["a", "b"], torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="buckets must be"):
+        tr.update_targets(torch.tensor([1.0]), torch.tensor([3]))
+    with pytest.raises(ValueError, match="n_hwe has 2"):
+        tr.update_targets(torch.tensor([1.0, 2.0]), torch.tensor([0]))
