@@ -1,0 +1,226 @@
+"""HF `generate` rollout engine: the reference engine, and the fallback where vLLM is unavailable.
+
+Built on a live model (the trainer's policy: weights shared, nothing to sync) or on a folder (an
+owned copy that `load_weights` overwrites by name). Log-probs follow the convention in `base.py`,
+the same as the vLLM engine's `processed_logprobs`: temperature, top-k and top-p are applied as
+our own logits processors, and a last processor records `log_softmax` of the final scores, so
+only one [batch, vocab] tensor is held (HF `output_scores` would hold [batch, steps, vocab]).
+Do not use it on a ZeRO-3-sharded model: uneven generation lengths hang the ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from ares_lit.rollout.base import Completion, RolloutEngine, SamplingConfig, check_prompts, check_score_inputs
+
+__all__ = ["HFEngine"]
+
+
+class HFEngine(RolloutEngine):
+    """Rollouts with `transformers` `generate`, batched with left padding.
+
+    Args:
+        model: a live causal LM (shares weights with the trainer; `load_weights` is a no-op).
+        model_path: a folder to load an owned copy from (exactly one of model / model_path).
+        tokenizer: tokenizer object or folder; None = the model's folder.
+        dtype: dtype of an owned copy ("float32", "bfloat16", ...); a live model keeps its own.
+        batch_size: sequences per `generate` / forward call (prompts x n are flattened first).
+        device: device of an owned copy; None = CUDA if available else CPU. A live model stays where it is.
+        max_model_len: prompt + completion limit; None = the config's max_position_embeddings.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | None = None,
+        model_path: str | None = None,
+        tokenizer=None,
+        dtype: str = "float32",
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        max_model_len: int | None = None,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if (model is None) == (model_path is None):
+            raise ValueError("HFEngine needs exactly one of model= (a live policy, shared) or model_path= (an owned copy)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.owns_weights = model is None
+        if model is None:
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype)).to(device)
+            model.eval().requires_grad_(False)
+        self.model = model
+        self.device = next(model.parameters()).device
+
+        if tokenizer is None:
+            tokenizer = model_path or getattr(model, "name_or_path", None)
+            if not tokenizer:
+                raise ValueError("HFEngine needs tokenizer= (object or folder): the live model has no name_or_path")
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.max_model_len = max_model_len or config.max_position_embeddings
+        self.vocab_size = config.vocab_size
+
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = {self.tokenizer.eos_token_id} | set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_token_ids = sorted(e for e in eos if e is not None)
+        if not self.eos_token_ids:
+            raise ValueError("HFEngine found no eos token id on the tokenizer or the model's generation_config")
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
+
+    # ---------------------------------------------------------------- generation
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Completion]]:
+        check_prompts(prompts, self.max_model_len, self.vocab_size)
+        if not prompts:
+            return []
+        stop_ids = sorted(set(self.eos_token_ids) | set(sampling.stop_token_ids or []))
+        rows = [p for p in prompts for _ in range(sampling.n)]  # prompt-major: row i*n + j is sample j of prompt i
+        seed_ctx = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+        completions: list[Completion] = []
+        with seed_ctx, _inference(self.model):
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            for start in range(0, len(rows), self.batch_size):
+                completions += self._generate_batch(rows[start : start + self.batch_size], sampling, stop_ids)
+        return [completions[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompts))]
+
+    def _generate_batch(self, rows: list[list[int]], s: SamplingConfig, stop_ids: list[int]) -> list[Completion]:
+        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        ids = [torch.tensor(r, dtype=torch.long) for r in rows]
+        input_ids = pad_sequence(ids, batch_first=True, padding_value=self.pad_token_id, padding_side="left")
+        mask = pad_sequence([torch.ones_like(t) for t in ids], batch_first=True, padding_side="left")
+        prompt_width = input_ids.shape[1]
+        # One max_new_tokens per batch: the longest prompt sets the max_model_len cap for the batch.
+        max_new = min(s.max_tokens, self.max_model_len - max(len(r) for r in rows))
+
+        do_sample = s.temperature > 0
+        processors = []
+        if do_sample:  # same order as vLLM: temperature, then top-k, then top-p
+            if s.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(s.temperature))
+            if s.top_k > 0:
+                processors.append(TopKLogitsWarper(s.top_k))
+            if s.top_p < 1.0:
+                processors.append(TopPLogitsWarper(s.top_p))
+        recorder = _SampledTokenLogprobs()
+        # A clean config, so the checkpoint's generation_config (e.g. Qwen's top_k=20, repetition_penalty)
+        # cannot leak into the sampling distribution; every warper above is ours and explicit.
+        config = GenerationConfig(
+            do_sample=do_sample,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new,
+            eos_token_id=stop_ids,
+            pad_token_id=self.pad_token_id,
+            return_dict_in_generate=False,
+        )
+        seqs = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([*processors, recorder]),
+        )
+        gen = seqs[:, prompt_width:]
+        logprobs = recorder.result(gen)
+
+        # Cut each row after its first stop token (HF pads finished rows with pad_token_id).
+        is_stop = torch.isin(gen, torch.tensor(stop_ids, device=gen.device))
+        stopped = is_stop.any(dim=1)
+        first_stop = is_stop.int().argmax(dim=1)
+        lengths = torch.where(stopped, first_stop + 1, torch.full_like(first_stop, gen.shape[1])).tolist()
+        gen_list, lp_list, stopped = gen.tolist(), logprobs.tolist(), stopped.tolist()
+        token_ids = [g[:n] for g, n in zip(gen_list, lengths)]
+        texts = self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+        return [
+            Completion(token_ids=t, text=txt, logprobs=lp[:n], finish_reason="stop" if st else "length")
+            for t, txt, lp, n, st in zip(token_ids, texts, lp_list, lengths, stopped)
+        ]
+
+    def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
+        check_score_inputs(sequences, prompt_lens, self.max_model_len, self.vocab_size)
+        out: list[list[float]] = []
+        with _inference(self.model):
+            for start in range(0, len(sequences), self.batch_size):
+                seqs, plens = sequences[start : start + self.batch_size], prompt_lens[start : start + self.batch_size]
+                ids = [torch.tensor(s, dtype=torch.long) for s in seqs]
+                # Right padding: real tokens keep positions 0..L-1, and causal attention never sees the pads.
+                input_ids = pad_sequence(ids, batch_first=True, padding_value=self.pad_token_id).to(self.device)
+                mask = pad_sequence([torch.ones_like(t) for t in ids], batch_first=True).to(self.device)
+                logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+                lp = logits.log_softmax(-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1).tolist()
+                # lp[j - 1] is the log-prob of token j.
+                out += [row[p - 1 : len(s) - 1] for row, s, p in zip(lp, seqs, plens)]
+        return out
+
+    # ---------------------------------------------------------------- weights
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Owned copy: copy each tensor in by name (unknown names and shape mismatches raise). Live model: no-op."""
+        if not self.owns_weights:
+            return  # the engine *is* the trainer's model
+        targets = dict(self.model.named_parameters(remove_duplicate=False))
+        targets.update(self.model.named_buffers(remove_duplicate=False))
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                target = targets.get(name)
+                if target is None:
+                    known = ", ".join(list(targets)[:5])
+                    raise KeyError(f"HFEngine.load_weights: unknown parameter {name!r} (known names look like: {known}, ...)")
+                if target.shape != tensor.shape:
+                    raise ValueError(f"HFEngine.load_weights: {name} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+                target.copy_(tensor.detach())
+
+    def close(self) -> None:
+        if self.owns_weights:
+            self.model = None
+
+
+@contextlib.contextmanager
+def _inference(model: torch.nn.Module):
+    """eval() + no_grad() for the duration, then the caller's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+class _SampledTokenLogprobs:
+    """The last logits processor: keeps log_softmax of this step's final scores and, when called at the
+    next step (whose input_ids end with the token just sampled), keeps that token's entry."""
+
+    def __init__(self) -> None:
+        self.picked: list[torch.Tensor] = []
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:
+            self.picked.append(self.last.gather(1, input_ids[:, -1:]))
+        self.last = scores.float().log_softmax(-1)
+        return scores
+
+    def result(self, generated: torch.Tensor) -> torch.Tensor:
+        """[batch, steps] log-probs of `generated` (the new tokens of `generate`'s output)."""
+        steps = generated.shape[1]
+        if len(self.picked) < steps and self.last is not None:
+            self.picked.append(self.last.gather(1, generated[:, -1:]))
+        if not self.picked:
+            return generated.new_zeros(generated.shape, dtype=torch.float32)
+        return torch.cat(self.picked, dim=1)[:, :steps]

