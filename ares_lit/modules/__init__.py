@@ -1,0 +1,1 @@
+"""LightningModules of the two ARES stages, and the log-prob pass they share."""

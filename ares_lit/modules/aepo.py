@@ -1,0 +1,309 @@
+"""AEPOModule: the ARES RL stage's losses and update (ARES_SPEC "AEPO").
+
+The rollout callback fills `batch["rollout"]` (a `RolloutBatch`) before `training_step`; the
+module then runs PPO-style updates over mini-batches and micro-batches:
+
+    L = L_PG + L_KL,  L_PG = clipped surrogate (clip-higher, dual clip),
+    L_KL = aggregate(β ⊙ k3(logπ_θ, logπ_ref)),  β_{i,t} = κ_{d(i)} · ρ^{w_{i,t}}
+
+β comes from `self.kl_controller` (a `core.DynamicKL` that DynamicKLCallback hands over); without
+one, β = kl_coef everywhere. After each step `self.kl_stats` holds the per-bucket k3 sums and
+token counts on non-window tokens, which the callback all-reduces to update κ_d.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from ares_lit.batch import RolloutBatch
+from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, aggregate, kl_estimate, policy_loss
+from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, response_logprobs
+
+__all__ = ["AEPOModule"]
+
+_LOSS_KEYS = ("pg_loss", "kl_loss", "loss")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class AEPOModule(pl.LightningModule):
+    """Adaptive Entropy Policy Optimization.
+
+    Args:
+        model_path: policy to train: a local HF folder, `builtin:smollm2-135m-instruct`,
+            `builtin:tiny-qwen2`, or a hub name (needs a network).
+        dtype: parameter dtype of policy and reference (float32, bfloat16, float16).
+        lr: AdamW learning rate (paper: 1e-6).
+        weight_decay: AdamW weight decay (paper: 1e-2).
+        warmup_steps: linear learning-rate warmup in optimizer steps (paper: 0).
+        mini_batch_size: rollouts per optimizer step; a rollout batch of N samples gives
+            ceil(N / mini_batch_size) optimizer steps per PPO epoch.
+        micro_batch_size: rollouts per forward/backward (gradient accumulation inside a mini-batch).
+        ppo_epochs: passes over each rollout batch.
+        grad_clip: max global gradient norm (0 = off).
+        clip_low: ε_low of the clipped surrogate.
+        clip_high: ε_high (clip-higher).
+        clip_dual: dual-clip constant c for negative advantages.
+        loss_agg: token-mean, seq-mean-token-mean, seq-mean-token-sum or seq-mean-token-sum-norm.
+        use_kl_loss: add the token-wise KL loss against the frozen reference (loads a second copy).
+        kl_estimator: k1, k2, k3 or abs (aliases kl, mse, low_var_kl) for the KL loss.
+        kl_coef: β when no DynamicKLCallback is attached.
+        gradient_checkpointing: recompute decoder activations in backward (saves memory).
+        logit_budget_mb: fp32 logits memory per chunk in the log-prob pass.
+        export_dir: where the final policy is saved as an HF folder (with tokenizer); default
+            `<log_dir>/hf_model`; empty string disables the export.
+    """
+
+    def __init__(
+        self,
+        model_path: str = "builtin:smollm2-135m-instruct",
+        dtype: str = "float32",
+        lr: float = 1e-6,
+        weight_decay: float = 1e-2,
+        warmup_steps: int = 0,
+        mini_batch_size: int = 16,
+        micro_batch_size: int = 4,
+        ppo_epochs: int = 1,
+        grad_clip: float = 1.0,
+        clip_low: float = 0.2,
+        clip_high: float = 0.3,
+        clip_dual: float = 3.0,
+        loss_agg: str = "token-mean",
+        use_kl_loss: bool = True,
+        kl_estimator: str = "k3",
+        kl_coef: float = 0.01,
+        gradient_checkpointing: bool = False,
+        logit_budget_mb: int = DEFAULT_LOGIT_BUDGET_BYTES // 2**20,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if dtype not in _DTYPES:
+            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}; got {dtype!r}")
+        if loss_agg not in AGG_MODES:
+            raise ValueError(f"model.loss_agg must be one of {AGG_MODES}; got {loss_agg!r}")
+        if kl_estimator not in KL_KINDS:
+            raise ValueError(f"model.kl_estimator must be one of {KL_KINDS}; got {kl_estimator!r}")
+        if micro_batch_size < 1 or mini_batch_size < micro_batch_size:
+            raise ValueError(
+                f"need 1 <= model.micro_batch_size <= model.mini_batch_size; got {micro_batch_size} and {mini_batch_size}"
+            )
+        if ppo_epochs < 1:
+            raise ValueError(f"model.ppo_epochs must be >= 1; got {ppo_epochs}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.policy: torch.nn.Module | None = None
+        self.tokenizer = None
+        self.resolved_model_path: str | None = None
+        self._reference: list[torch.nn.Module] = []  # a list keeps it out of state_dict/optimizer
+        self.kl_controller = None  # set by DynamicKLCallback
+        self.kl_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ models
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ares_lit.models.resolve import resolve_model_path
+
+        path = resolve_model_path(self.hparams.model_path)
+        dtype = _DTYPES[self.hparams.dtype]
+        self.resolved_model_path = str(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        self.policy.config.use_cache = False
+        if self.hparams.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.hparams.use_kl_loss:
+            ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            ref.eval().requires_grad_(False)
+            self._reference = [ref]
+
+    @property
+    def reference(self) -> torch.nn.Module | None:
+        return self._reference[0] if self._reference else None
+
+    def on_fit_start(self) -> None:
+        if self.reference is not None:
+            self.reference.to(self.device)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.policy.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        warmup = self.hparams.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+        return {"optimizer": opt, "lr_scheduler": sched}
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_len: int,
+        temperature: float,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs (and exact entropy) of the response tokens, micro-batched, without gradients."""
+        was_training = model.training
+        model.eval()
+        lps, ents = [], []
+        step = self.hparams.micro_batch_size
+        budget = self.hparams.logit_budget_mb * 2**20
+        for i in range(0, input_ids.shape[0], step):
+            lp, ent = response_logprobs(
+                model,
+                input_ids[i : i + step].to(self.device),
+                attention_mask[i : i + step].to(self.device),
+                response_len,
+                temperature,
+                with_entropy,
+                budget,
+            )
+            lps.append(lp)
+            ents.append(ent)
+        model.train(was_training)
+        return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int):
+        rollout: RolloutBatch | None = batch.get("rollout") if isinstance(batch, dict) else None
+        if rollout is None or rollout.size == 0:
+            # Every group of this step had no signal, even after refills: nothing to learn from.
+            self.log("train/skipped_steps", 1.0, on_step=True, reduce_fx="sum")
+            return None
+        started = time.perf_counter()
+        rollout = rollout.to(self.device)
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        hp = self.hparams
+        n = rollout.size
+        kl_sum = torch.zeros(NUM_BUCKETS, device=self.device, dtype=torch.float64)
+        kl_cnt = torch.zeros(NUM_BUCKETS, device=self.device, dtype=torch.float64)
+        sums: dict[str, float] = {}
+        num_updates = 0
+        for epoch in range(hp.ppo_epochs):
+            order = torch.randperm(n, device=self.device) if epoch > 0 else torch.arange(n, device=self.device)
+            for mb_start in range(0, n, hp.mini_batch_size):
+                mini = order[mb_start : mb_start + hp.mini_batch_size]
+                normalizer = self._normalizer(rollout.response_mask[mini])
+                for mc_start in range(0, mini.numel(), hp.micro_batch_size):
+                    micro = rollout.select(mini[mc_start : mc_start + hp.micro_batch_size])
+                    loss, metrics, kl_tok = self._micro_loss(micro, rollout.response_len, rollout.temperature, normalizer)
+                    self.manual_backward(loss)
+                    share = micro["input_ids"].shape[0] / mini.numel()
+                    for k, v in metrics.items():
+                        # Loss terms are already normalised by the mini-batch total: they add up.
+                        sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k in _LOSS_KEYS else share)
+                    if epoch == 0 and kl_tok is not None:
+                        outside = micro["response_mask"] & ~micro["window_mask"]
+                        onehot = torch.nn.functional.one_hot(micro["bucket"], NUM_BUCKETS).to(torch.float64)
+                        kl_sum += onehot.T @ (kl_tok.detach().double() * outside).sum(-1)
+                        kl_cnt += onehot.T @ outside.sum(-1).double()
+                grad_norm = self._grad_norm()
+                if hp.grad_clip > 0:
+                    self.clip_gradients(opt, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
+                num_updates += 1
+        self.kl_stats = (kl_sum, kl_cnt) if self.reference is not None else None
+        logs = {f"train/{k}": v / num_updates for k, v in sums.items()}
+        logs["train/lr"] = sched.get_last_lr()[0]
+        logs["train/optimizer_steps"] = float(num_updates)
+        logs["train/rollout_size"] = float(n)
+        logs["time/update"] = time.perf_counter() - started
+        pg = logs.pop("train/pg_loss")
+        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False)
+        self.log("train/pg_loss", pg, prog_bar=True, on_step=True, on_epoch=False)
+        return None
+
+    def _normalizer(self, response_mask: torch.Tensor) -> float:
+        """Global denominator of a mini-batch, so that micro-batch losses add up to the mini-batch loss."""
+        if self.hparams.loss_agg == "token-mean":
+            return float(response_mask.sum().clamp_min(1))
+        return float((response_mask.sum(-1) > 0).sum().clamp_min(1))
+
+    def _micro_loss(self, micro: dict, response_len: int, temperature: float, normalizer: float):
+        hp = self.hparams
+        log_probs, _ = response_logprobs(
+            self.policy,
+            micro["input_ids"],
+            micro["attention_mask"],
+            response_len,
+            temperature,
+            budget_bytes=hp.logit_budget_mb * 2**20,
+        )
+        mask = micro["response_mask"]
+        horizon = response_len if hp.loss_agg == "seq-mean-token-sum-norm" else None
+        agg_kwargs = {"normalizer": normalizer, "horizon": horizon}
+        pg_loss, pg_metrics = policy_loss(
+            log_probs,
+            micro["old_log_probs"],
+            micro["advantages"],
+            mask,
+            clip_low=hp.clip_low,
+            clip_high=hp.clip_high,
+            clip_dual=hp.clip_dual,
+            agg=hp.loss_agg,
+            **agg_kwargs,
+        )
+        metrics = {"pg_loss": pg_loss.detach(), **pg_metrics}
+        loss = pg_loss
+        k3 = None
+        if self.reference is not None and micro["ref_log_probs"] is not None:
+            kl = kl_estimate(log_probs, micro["ref_log_probs"], hp.kl_estimator)
+            if self.kl_controller is not None:
+                beta = self.kl_controller.coefficients(micro["bucket"], micro["window_mask"]).to(kl.dtype)
+            else:
+                beta = torch.full_like(kl, hp.kl_coef)
+            kl_loss = aggregate(beta * kl, mask, hp.loss_agg, **agg_kwargs)
+            loss = loss + kl_loss
+            k3 = kl_estimate(log_probs.detach(), micro["ref_log_probs"], "k3")
+            metrics["kl_loss"] = kl_loss.detach()
+            metrics["kl"] = torch.where(mask, k3, torch.zeros_like(k3)).sum() / mask.sum().clamp_min(1)
+            metrics["kl_beta_mean"] = torch.where(mask, beta, torch.zeros_like(beta)).sum() / mask.sum().clamp_min(1)
+        metrics["loss"] = loss.detach()
+        return loss, metrics, k3
+
+    def _grad_norm(self) -> float:
+        grads = [p.grad.detach().float().norm() for p in self.policy.parameters() if p.grad is not None]
+        if not grads:
+            return 0.0
+        return float(torch.linalg.vector_norm(torch.stack(grads)))
+
+    # ------------------------------------------------------------------ export
+    def on_fit_end(self) -> None:
+        target = self.hparams.export_dir
+        if target == "":
+            return
+        if target is None:
+            log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+            target = os.path.join(log_dir, "hf_model")
+        if self.trainer.is_global_zero:
+            self.export_hf(target)
+        self.trainer.strategy.barrier("ares_export")
+
+    def export_hf(self, target: str | Path) -> Path:
+        """Save the policy and its tokenizer as a Hugging Face folder that transformers and vLLM load."""
+        target = Path(target)
+        target.mkdir(parents=True, exist_ok=True)
+        self.policy.config.use_cache = True
+        self.policy.save_pretrained(str(target), safe_serialization=True)
+        self.policy.config.use_cache = False
+        self.tokenizer.save_pretrained(str(target))
+        print(f"[ares_lit] exported the policy to {target}", flush=True)
+        return target
+

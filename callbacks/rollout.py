@@ -1,0 +1,457 @@
+"""RolloutCallback: regenerates AEPO samples every training step (ARES_SPEC "AEPO").
+
+On each training batch of prompts it:
+ 1. pushes the current policy weights into the rollout engine;
+ 2. samples n responses per prompt;
+ 3. grades them (math-verify, or a user `path.py:function`);
+ 4. drops groups without signal (all right / all wrong) and refills up to `max_refill_tries`;
+ 5. computes old log-probs and exact token entropy in one trainer-side pass, and reference
+    log-probs from the frozen reference model;
+ 6. computes window entropy, the HWE threshold τ, HWE masks and N_HE;
+ 7. assigns difficulty buckets through the DataModule's tracker (before any shaping);
+ 8. computes the shaped rewards R = R_acc + R_entropy (+ w_fmt·R_format);
+ 9. computes advantages (grpo, drgrpo or rloo);
+10. hands the finished `RolloutBatch` to the module as `batch["rollout"]`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import lightning.pytorch as pl
+import torch
+
+from ares_lit.batch import RolloutBatch
+from ares_lit.core import (
+    BUCKET_NAMES,
+    HWEThreshold,
+    count_hwe,
+    entropy_shaping_reward,
+    get_advantage_estimator,
+    hwe_mask,
+    hwe_window_mask,
+    informative_groups,
+    total_reward,
+    window_entropy,
+)
+
+__all__ = ["RolloutCallback"]
+
+
+class RolloutCallback(pl.Callback):
+    """Regenerates samples with a rollout engine at the start of every training step.
+
+    Args:
+        engine: rollout engine, "vllm" (colocated, in-process) or "hf" (transformers generate).
+        engine_kwargs: extra engine arguments (e.g. max_model_len, gpu_memory_utilization, kv_cache_gb).
+        n: responses per prompt (the GRPO group size G); must be >= 2.
+        temperature: sampling temperature; log-probs and entropy use the same temperature.
+        top_p: nucleus sampling (paper: 0.99).
+        top_k: top-k sampling (-1 = off).
+        max_new_tokens: response length limit.
+        window: w of the window entropy H̄_{t:w} (paper's best range 4-8).
+        hwe_quantile: per-response quantile q_i of the window entropy (paper: 0.95).
+        hwe_statistic: "mean" (paper) or "median" (released code) of the q_i.
+        hwe_momentum: EMA μ of τ across steps; None recomputes τ every batch (paper).
+        trigger_filter: also require a reasoning trigger word at an HWE token.
+        trigger_words: the trigger words (None = the built-in English list).
+        advantage: advantage estimator: grpo, drgrpo or rloo.
+        entropy_reward: add the hierarchical entropy reward (off = plain GRPO rewards).
+        filter_groups: drop groups whose mean accuracy is <= filter_low or >= filter_high (DAPO).
+        filter_low: lower accuracy bound of the group filter.
+        filter_high: upper accuracy bound of the group filter.
+        max_refill_tries: rounds of fresh prompts to replace dropped groups.
+        reward_fn: optional user accuracy function `path.py:function` (replaces math-verify).
+        format_weight: w_fmt of the format reward (`<think>…</think> … \\boxed{}`).
+        grade_timeout: seconds per answer for math-verify (hostile answers are cut off).
+        margin_frac: f_d of the margin, (easy, medium, hard).
+        huber_kappa: κ_d of the Huber penalty.
+        sigmoid_temp: s_d of the sigmoid.
+        cap_scale: c_d of the cap α_d·c_d.
+        wrong_scale: scale of the exploration reward for incorrect answers.
+        num_text_samples: decoded responses kept for the TensorBoard text panel.
+        seed: sampling seed (the step index is added each step).
+    """
+
+    def __init__(
+        self,
+        engine: str = "vllm",
+        engine_kwargs: dict | None = None,
+        n: int = 8,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = -1,
+        max_new_tokens: int = 256,
+        window: int = 4,
+        hwe_quantile: float = 0.95,
+        hwe_statistic: str = "mean",
+        hwe_momentum: float | None = None,
+        trigger_filter: bool = False,
+        trigger_words: list[str] | None = None,
+        advantage: str = "grpo",
+        entropy_reward: bool = True,
+        filter_groups: bool = True,
+        filter_low: float = 0.01,
+        filter_high: float = 0.99,
+        max_refill_tries: int = 2,
+        reward_fn: str | None = None,
+        format_weight: float = 0.0,
+        grade_timeout: float = 5.0,
+        margin_frac: tuple[float, float, float] = (0.15, 0.25, 0.35),
+        huber_kappa: tuple[float, float, float] = (2.0, 3.0, 4.0),
+        sigmoid_temp: tuple[float, float, float] = (2.0, 2.5, 3.0),
+        cap_scale: tuple[float, float, float] = (1.0, 1.0, 1.2),
+        wrong_scale: tuple[float, float, float] = (0.6, 0.8, 1.0),
+        num_text_samples: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if n < 2:
+            raise ValueError(f"rollout n must be >= 2 for GRPO-style advantages (a group needs a baseline); got {n}")
+        if engine not in ("vllm", "hf"):
+            raise ValueError(f"rollout engine must be 'vllm' or 'hf'; got {engine!r}")
+        if temperature <= 0:
+            raise ValueError(f"rollout temperature must be > 0; got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"rollout top_p must be in (0, 1]; got {top_p}")
+        if max_new_tokens < window:
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= window ({window})")
+        if max_refill_tries < 0:
+            raise ValueError(f"max_refill_tries must be >= 0; got {max_refill_tries}")
+        get_advantage_estimator(advantage)  # fails early on an unknown name
+        self.engine_name = engine
+        self.engine_kwargs = dict(engine_kwargs or {})
+        self.n = n
+        self.temperature = temperature
+        self.top_p = top_p
+        self.top_k = top_k
+        self.max_new_tokens = max_new_tokens
+        self.window = window
+        self.hwe = HWEThreshold(hwe_quantile, hwe_statistic, hwe_momentum)
+        self.trigger_filter = trigger_filter
+        self.trigger_words = trigger_words
+        self.advantage = advantage
+        self.entropy_reward = entropy_reward
+        self.filter_groups = filter_groups
+        self.filter_low = filter_low
+        self.filter_high = filter_high
+        self.max_refill_tries = max_refill_tries
+        self.format_weight = format_weight
+        self.grade_timeout = grade_timeout
+        self.shaping = {
+            "margin_frac": tuple(margin_frac),
+            "huber_kappa": tuple(huber_kappa),
+            "sigmoid_temp": tuple(sigmoid_temp),
+            "cap_scale": tuple(cap_scale),
+            "wrong_scale": tuple(wrong_scale),
+        }
+        self.num_text_samples = num_text_samples
+        self.seed = seed
+        self.reward_fn_spec = reward_fn
+        self.reward_fn = None
+        if reward_fn is not None:
+            from ares_lit.reward_fn import load_reward_fn
+
+            self.reward_fn = load_reward_fn(reward_fn)  # a bad path fails before the model loads
+        self.engine = None
+        self.grader = None
+        self._trigger_ids: torch.Tensor | None = None
+        self.totals = {"groups_dropped": 0, "refill_rounds": 0, "empty_steps": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        if stage == "fit" and (dm is None or not hasattr(dm, "tracker") or not hasattr(dm, "refill_prompts")):
+            raise ValueError(
+                "RolloutCallback needs a prompt DataModule with a difficulty tracker "
+                "(data: class_path: data_modules.prompts.PromptDataModule)"
+            )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from ares_lit.grading import Grader
+        from ares_lit.rollout import build_engine
+
+        dm = trainer.datamodule
+        max_prompt = int(getattr(dm, "max_prompt_length", 0) or 0)
+        kwargs = dict(self.engine_kwargs)
+        if self.engine_name == "vllm":
+            kwargs.setdefault("max_model_len", max_prompt + self.max_new_tokens)
+            if kwargs["max_model_len"] < max_prompt + self.max_new_tokens:
+                raise ValueError(
+                    f"engine max_model_len {kwargs['max_model_len']} < data max_prompt_length {max_prompt} + "
+                    f"max_new_tokens {self.max_new_tokens}; raise engine_kwargs.max_model_len or lower one of them"
+                )
+            kwargs.setdefault("dtype", pl_module.hparams.dtype)
+            kwargs.setdefault("seed", self.seed)
+            self.engine = build_engine("vllm", model_path=pl_module.resolved_model_path, **kwargs)
+        else:
+            self.engine = build_engine("hf", model=pl_module.policy, tokenizer=pl_module.tokenizer, **kwargs)
+        self.grader = Grader(timeout=self.grade_timeout)
+        if self.trigger_filter:
+            from ares_lit.triggers import DEFAULT_TRIGGER_WORDS, trigger_token_ids
+
+            words = self.trigger_words or DEFAULT_TRIGGER_WORDS
+            self._trigger_ids = trigger_token_ids(pl_module.tokenizer, words)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.teardown_engine()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.teardown_engine()
+
+    def teardown_engine(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        if self.grader is not None:
+            self.grader.close()
+            self.grader = None
+
+    def state_dict(self) -> dict:
+        return {"hwe": self.hwe.state_dict(), "totals": dict(self.totals)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.hwe.load_state_dict(state_dict["hwe"])
+        self.totals.update(state_dict.get("totals", {}))
+
+    # ------------------------------------------------------------------ the step
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        timings: dict[str, float] = {}
+        with _timer(timings, "weight_sync"):
+            self.engine.load_weights(pl_module.policy.named_parameters())
+        prompts = list(batch["prompts"])
+        dm = trainer.datamodule
+        step_seed = self.seed + trainer.global_step
+        with _timer(timings, "generation"):
+            groups = self._sample(prompts, step_seed)
+        with _timer(timings, "grading"):
+            self._grade(groups)
+        self._assign_buckets(dm, groups)
+        dropped = 0
+        refills = 0
+        if self.filter_groups:
+            kept = self._informative(groups)
+            dropped = len(groups) - len(kept)
+            while len(kept) < len(prompts) and refills < self.max_refill_tries:
+                refills += 1
+                extra = dm.refill_prompts(len(prompts) - len(kept))
+                with _timer(timings, "generation"):
+                    more = self._sample(extra, step_seed + 7919 * refills)
+                with _timer(timings, "grading"):
+                    self._grade(more)
+                self._assign_buckets(dm, more)
+                good = self._informative(more)
+                dropped += len(more) - len(good)
+                kept.extend(good)
+            groups = kept[: len(prompts)]
+        self.totals["groups_dropped"] += dropped
+        self.totals["refill_rounds"] += refills
+        if not groups:
+            self.totals["empty_steps"] += 1
+            batch["rollout"] = None
+            pl_module.log("rollout/empty_steps", float(self.totals["empty_steps"]), on_step=True)
+            return
+        batch["rollout"] = self._finish(pl_module, dm, groups, timings, dropped, refills)
+
+    # ------------------------------------------------------------------ pieces
+    def _sample(self, prompts: list[dict], seed: int) -> list[dict]:
+        from ares_lit.rollout import SamplingConfig
+
+        if not prompts:
+            return []
+        sampling = SamplingConfig(
+            n=self.n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            max_tokens=self.max_new_tokens,
+            seed=seed,
+        )
+        outputs = self.engine.generate([p["prompt_ids"] for p in prompts], sampling)
+        return [{"prompt": p, "completions": c} for p, c in zip(prompts, outputs)]
+
+    def _grade(self, groups: list[dict]) -> None:
+        texts = [c.text for g in groups for c in g["completions"]]
+        golds = [g["prompt"]["answer"] for g in groups for _ in g["completions"]]
+        if self.reward_fn is not None:
+            raw = self.reward_fn(texts, golds)
+            acc = [float(r["accuracy"] if isinstance(r, dict) else r) for r in raw]
+            fmt = [float(r.get("format", 0.0)) if isinstance(r, dict) else 0.0 for r in raw]
+        else:
+            acc = [float(x) for x in self.grader.grade_batch(texts, golds)]
+            fmt = [0.0] * len(texts)
+        if self.format_weight and self.reward_fn is None:
+            from ares_lit.grading import format_ok
+
+            fmt = [float(format_ok(t)) for t in texts]
+        i = 0
+        for g in groups:
+            k = len(g["completions"])
+            g["accuracy"] = torch.tensor(acc[i : i + k], dtype=torch.float32)
+            g["format"] = torch.tensor(fmt[i : i + k], dtype=torch.float32)
+            i += k
+
+    def _assign_buckets(self, dm, groups: list[dict]) -> None:
+        """Buckets come from the current rollouts' group accuracy, before any shaped reward."""
+        if not groups:
+            return
+        acc = torch.stack([g["accuracy"].mean() for g in groups])
+        buckets = dm.tracker.assign([g["prompt"]["id"] for g in groups], acc)
+        for g, b in zip(groups, buckets.tolist()):
+            g["bucket"] = b
+
+    def _informative(self, groups: list[dict]) -> list[dict]:
+        if not groups:
+            return []
+        means = torch.stack([g["accuracy"].mean() for g in groups])
+        keep_group = informative_groups(torch.arange(len(groups)), means, self.filter_low, self.filter_high)
+        return [g for g, k in zip(groups, keep_group.tolist()) if k]
+
+    def _finish(self, pl_module, dm, groups: list[dict], timings: dict, dropped: int, refills: int) -> RolloutBatch:
+        tok = pl_module.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        prompt_ids = [g["prompt"]["prompt_ids"] for g in groups for _ in g["completions"]]
+        responses = [c.token_ids for g in groups for c in g["completions"]]
+        group_ids = torch.repeat_interleave(
+            torch.arange(len(groups)), torch.tensor([len(g["completions"]) for g in groups])
+        )
+        n = len(responses)
+        p_len = max(len(p) for p in prompt_ids)
+        r_len = max(max((len(r) for r in responses), default=1), 1)
+        input_ids = torch.full((n, p_len + r_len), pad, dtype=torch.long)
+        attention = torch.zeros((n, p_len + r_len), dtype=torch.long)
+        response_mask = torch.zeros((n, r_len), dtype=torch.bool)
+        for i, (p, r) in enumerate(zip(prompt_ids, responses)):  # building the padded layout, once per sample
+            input_ids[i, p_len - len(p) : p_len] = torch.tensor(p, dtype=torch.long)
+            attention[i, p_len - len(p) : p_len] = 1
+            if r:
+                input_ids[i, p_len : p_len + len(r)] = torch.tensor(r, dtype=torch.long)
+                attention[i, p_len : p_len + len(r)] = 1
+                response_mask[i, : len(r)] = True
+
+        with _timer(timings, "logprobs"):
+            old_lp, entropy = pl_module.score(pl_module.policy, input_ids, attention, r_len, self.temperature, True)
+            ref_lp = None
+            if pl_module.reference is not None:
+                ref_lp, _ = pl_module.score(pl_module.reference, input_ids, attention, r_len, self.temperature)
+        dev = old_lp.device
+        response_mask = response_mask.to(dev)
+        entropy = entropy.to(dev)
+        win, valid = window_entropy(entropy, response_mask, self.window)
+        tau_batch = self.hwe.batch_value(win, valid)
+        tau = self.hwe.update(tau_batch)
+        threshold = float("nan") if tau is None else tau
+        triggers = None
+        if self._trigger_ids is not None:
+            from ares_lit.triggers import trigger_mask
+
+            triggers = trigger_mask(input_ids[:, p_len:].to(dev), self._trigger_ids)
+        hwe = hwe_mask(win, valid, threshold, triggers)
+        n_hwe = count_hwe(hwe)
+        window_mask = hwe_window_mask(hwe, self.window, response_mask)
+
+        accuracy = torch.cat([g["accuracy"] for g in groups]).to(dev)
+        fmt = torch.cat([g["format"] for g in groups]).to(dev)
+        bucket = torch.tensor([g["bucket"] for g in groups for _ in g["completions"]], dtype=torch.long, device=dev)
+        targets, alpha = dm.tracker.update_targets(n_hwe.cpu(), bucket.cpu())
+        targets, alpha = targets.to(dev), alpha.to(dev)
+        correct = accuracy >= 0.5
+        if self.entropy_reward:
+            r_ent = entropy_shaping_reward(n_hwe, targets[bucket], bucket, correct, alpha[bucket], **self.shaping)
+        else:
+            r_ent = torch.zeros_like(accuracy)
+        reward = total_reward(accuracy, r_ent, fmt, self.format_weight)
+        advantages = get_advantage_estimator(self.advantage)(reward, group_ids.to(dev))
+
+        lengths = response_mask.sum(-1).float()
+        gen_tokens = float(lengths.sum())
+        engine_lp = [c.logprobs for g in groups for c in g["completions"]]
+        gap = _logprob_gap(engine_lp, old_lp, response_mask)
+        metrics = {f"time/{k}": v for k, v in timings.items()}
+        metrics["rollout/tokens_per_s"] = gen_tokens / max(timings.get("generation", 0.0), 1e-9)
+        metrics["rollout/groups_dropped"] = float(dropped)
+        metrics["rollout/refill_rounds"] = float(refills)
+        metrics["rollout/num_samples"] = float(n)
+        metrics["hwe/threshold"] = threshold
+        metrics["hwe/threshold_batch"] = float(tau_batch)
+        if gap is not None:
+            metrics["rollout/engine_logprob_gap"] = gap
+        if self.grader is not None:
+            metrics.update({f"grading/{k}": float(v) for k, v in self.grader.stats.items()})
+        for d, name in enumerate(BUCKET_NAMES):
+            metrics[f"bucket/{name}/target"] = float(targets[d])
+            metrics[f"bucket/{name}/alpha"] = float(alpha[d])
+        extras = {
+            "accuracy": accuracy,
+            "reward": reward,
+            "entropy_reward": r_ent,
+            "response_length": lengths,
+            "n_hwe": n_hwe,
+            "target": targets[bucket],
+            "alpha": alpha[bucket],
+            "token_entropy": entropy[response_mask],
+            "group_ids": group_ids.to(dev),
+        }
+        samples = self._text_samples(tok, groups, hwe, p_len, input_ids, reward, r_ent, bucket)
+        return RolloutBatch(
+            input_ids=input_ids,
+            attention_mask=attention,
+            response_mask=response_mask,
+            old_log_probs=old_lp,
+            ref_log_probs=ref_lp,
+            advantages=advantages,
+            bucket=bucket,
+            window_mask=window_mask,
+            temperature=self.temperature,
+            extras=extras,
+            metrics=metrics,
+            samples=samples,
+        )
+
+    def _text_samples(self, tok, groups, hwe, p_len, input_ids, reward, r_ent, bucket) -> list[dict]:
+        """A few responses with HWE tokens marked as ⟦token⟧, for the TensorBoard text panel."""
+        out = []
+        k = 0
+        for g in groups:
+            if len(out) >= self.num_text_samples:
+                break
+            c = g["completions"][0]
+            marks = hwe[k, : len(c.token_ids)].tolist()
+            pieces = [
+                f"⟦{tok.decode([t])}⟧" if m else tok.decode([t]) for t, m in zip(c.token_ids, marks)
+            ]
+            out.append(
+                {
+                    "question": g["prompt"].get("question", ""),
+                    "answer": g["prompt"]["answer"],
+                    "bucket": BUCKET_NAMES[int(bucket[k])],
+                    "reward": float(reward[k]),
+                    "entropy_reward": float(r_ent[k]),
+                    "correct": bool(g["accuracy"][0] >= 0.5),
+                    "response": "".join(pieces),
+                }
+            )
+            k += len(g["completions"])
+        return out
+
+
+def _logprob_gap(engine_lp: list, trainer_lp: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """Mean |engine log-prob - trainer log-prob| over sampled tokens (a weight-sync health check)."""
+    if any(lp is None for lp in engine_lp):
+        return None
+    eng = torch.zeros_like(trainer_lp)
+    for i, lp in enumerate(engine_lp):
+        if lp:
+            eng[i, : len(lp)] = torch.tensor(lp, dtype=trainer_lp.dtype)
+    diff = (eng - trainer_lp).abs()
+    return float(diff[mask].mean()) if bool(mask.any()) else None
+
+
+@contextmanager
+def _timer(timings: dict, key: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
