@@ -188,11 +188,24 @@ class RolloutCallback(pl.Callback):
         else:
             self.engine = build_engine("hf", model=pl_module.policy, tokenizer=pl_module.tokenizer, **kwargs)
         self.grader = Grader(timeout=self.grade_timeout)
+        self._log_data_summary(trainer, dm)
         if self.trigger_filter:
             from ares_lit.triggers import DEFAULT_TRIGGER_WORDS, trigger_token_ids
 
             words = self.trigger_words or DEFAULT_TRIGGER_WORDS
             self._trigger_ids = trigger_token_ids(pl_module.tokenizer, words)
+
+    @staticmethod
+    def _log_data_summary(trainer: pl.Trainer, dm) -> None:
+        """Rows skipped by the DataModule, by reason, as `data/*` scalars and one console line."""
+        drops = dict(getattr(dm, "drop_counts", {}) or {})
+        rows = int(getattr(dm, "num_rows", 0) or 0)
+        metrics = {"data/usable_rows": float(rows), **{f"data/dropped_{k}": float(v) for k, v in drops.items()}}
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=trainer.global_step)
+        if trainer.is_global_zero:
+            skipped = ", ".join(f"{k}={v}" for k, v in drops.items() if v) or "none"
+            print(f"[ares_lit] prompts: {rows} usable; skipped rows: {skipped}", flush=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.teardown_engine()

@@ -354,14 +354,14 @@ class PromptDataModule(LightningDataModule):
         """Load, validate and tokenize the prompts (once; later calls are no-ops)."""
         if self.train_records is not None:
             return
+        source = self._read(self.path)
+        val_source = self._read(self.val_path) if self.val_path else None  # columns checked before any tokenizing
         if self.tokenizer is None and not self.tokenizer_path:
             self.tokenizer_path = self._policy_model_path()
         if self.tokenizer is None and not self.tokenizer_path:
             raise ValueError(
                 "data.tokenizer_path is not set; set --data.init_args.tokenizer_path to the policy's tokenizer"
             )
-        source = self._read(self.path)
-        val_source = self._read(self.val_path) if self.val_path else None  # columns checked before any tokenizing
         tokenizer = self._load_tokenizer()
         records, self.drop_counts = self._records(tokenizer, *source)
         self.num_rows = len(records)
