@@ -1,0 +1,62 @@
+"""Tests for ares_lit.models.resolve: builtins, local folders, hub names and offline errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ares_lit.models.resolve import BUILTIN_MODELS, resolve_model_path
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("ARES_LIT_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_builtins_are_listed():
+    assert set(BUILTIN_MODELS) == {"builtin:smollm2-135m-instruct", "builtin:tiny-qwen2"}
+
+
+def test_tiny_builtin_resolves_under_cache_and_loads(cache):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path("builtin:tiny-qwen2")
+    assert Path(path) == cache / "models" / "tiny-qwen2"
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    ids = tok("What is 12 + 7?", return_tensors="pt").input_ids
+    logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
+    assert torch.isfinite(logits).all()
+    # A second resolve reuses the folder rather than rebuilding it.
+    mtime = (Path(path) / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_path("builtin:tiny-qwen2") == path
+    assert (Path(path) / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_unknown_builtin_lists_the_builtins(cache):
+    with pytest.raises(ValueError, match="unknown builtin model 'builtin:xyz'") as err:
+        resolve_model_path("builtin:xyz")
+    for name in BUILTIN_MODELS:
+        assert name in str(err.value)
+    assert not (cache / "models").exists()  # failed before any work
+
+
+def test_local_folder_passes_through(tmp_path):
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+
+
+def test_hub_name_offline_raises_naming_the_option(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"model_path 'foo/bar' is neither a local folder nor a builtin") as err:
+        resolve_model_path("foo/bar")
+    assert "builtin:smollm2-135m-instruct" in str(err.value)
+    assert "HF_HUB_OFFLINE=1" in str(err.value)
+
+
+def test_hub_name_online_passes_through(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
