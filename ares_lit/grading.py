@@ -48,6 +48,8 @@ from multiprocessing.connection import Connection
 
 __all__ = [
     "extract_boxed",
+    "extract_answer",
+    "ANSWER_FALLBACKS",
     "format_ok",
     "Grader",
     "default_grader",
@@ -88,6 +90,24 @@ def extract_boxed(text: str) -> str | None:
             if depth == 0:
                 return text[last.end() : token.start()]
     return None
+
+
+# The last plain number (integer, decimal or simple fraction) of a text.
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+ANSWER_FALLBACKS = ("none", "last_number")
+
+
+def extract_answer(text: str, fallback: str = "none") -> str | None:
+    """The answer to grade: the last ``\\boxed{...}``, else (``fallback="last_number"``) the last
+    number in the text. ``"none"`` is the ARES rule: only boxed answers count. The fallback is
+    for small models that answer correctly but do not box yet."""
+    boxed = extract_boxed(text)
+    if boxed is not None or fallback == "none" or not isinstance(text, str):
+        return boxed
+    last = None
+    for last in _NUMBER.finditer(text):
+        pass
+    return None if last is None else last.group(0)
 
 
 def format_ok(text: str) -> bool:
@@ -276,7 +296,11 @@ class Grader:
         *,
         start_timeout: float = 60.0,
         memory_limit_bytes: int = 4 << 30,
+        answer_fallback: str = "none",
     ) -> None:
+        if answer_fallback not in ANSWER_FALLBACKS:
+            raise ValueError(f"answer_fallback must be one of {ANSWER_FALLBACKS}; got {answer_fallback!r}")
+        self.answer_fallback = answer_fallback
         self.timeout = float(timeout)
         self.max_answer_chars = int(max_answer_chars)
         self.start_timeout = float(start_timeout)
@@ -292,8 +316,10 @@ class Grader:
         return worker.proc.pid if worker is not None and worker.alive() else None
 
     def grade(self, pred_text: str, gold: str, *, timeout: float | None = None) -> bool:
-        """Whether the last boxed answer of ``pred_text`` equals ``gold``; False if none."""
-        answer = extract_boxed(pred_text)
+        """Whether the last boxed answer of ``pred_text`` equals ``gold``; False if none.
+
+        With ``answer_fallback="last_number"`` an unboxed response is graded on its last number."""
+        answer = extract_answer(pred_text, self.answer_fallback)
         if answer is None:
             with self._lock:
                 self.stats["graded"] += 1

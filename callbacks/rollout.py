@@ -65,12 +65,16 @@ class RolloutCallback(pl.Callback):
         reward_fn: optional user accuracy function `path.py:function` (replaces math-verify).
         format_weight: w_fmt of the format reward (`<think>…</think> … \\boxed{}`).
         grade_timeout: seconds per answer for math-verify (hostile answers are cut off).
+        answer_fallback: "none" (ARES: only \\boxed{} answers count) or "last_number" (grade an
+            unboxed response on its last number; for small models that do not box yet).
         margin_frac: f_d of the margin, (easy, medium, hard).
         huber_kappa: κ_d of the Huber penalty.
         sigmoid_temp: s_d of the sigmoid.
         cap_scale: c_d of the cap α_d·c_d.
         wrong_scale: scale of the exploration reward for incorrect answers.
         num_text_samples: decoded responses kept for the TensorBoard text panel.
+        max_empty_steps: stop with an error after this many consecutive steps in which every
+            group was all right or all wrong (nothing to learn; check answers and rewards).
         seed: sampling seed (the step index is added each step).
     """
 
@@ -98,12 +102,14 @@ class RolloutCallback(pl.Callback):
         reward_fn: str | None = None,
         format_weight: float = 0.0,
         grade_timeout: float = 5.0,
+        answer_fallback: str = "none",
         margin_frac: tuple[float, float, float] = (0.15, 0.25, 0.35),
         huber_kappa: tuple[float, float, float] = (2.0, 3.0, 4.0),
         sigmoid_temp: tuple[float, float, float] = (2.0, 2.5, 3.0),
         cap_scale: tuple[float, float, float] = (1.0, 1.0, 1.2),
         wrong_scale: tuple[float, float, float] = (0.6, 0.8, 1.0),
         num_text_samples: int = 4,
+        max_empty_steps: int = 20,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -139,6 +145,11 @@ class RolloutCallback(pl.Callback):
         self.max_refill_tries = max_refill_tries
         self.format_weight = format_weight
         self.grade_timeout = grade_timeout
+        from ares_lit.grading import ANSWER_FALLBACKS
+
+        if answer_fallback not in ANSWER_FALLBACKS:
+            raise ValueError(f"answer_fallback must be one of {ANSWER_FALLBACKS}; got {answer_fallback!r}")
+        self.answer_fallback = answer_fallback
         self.shaping = {
             "margin_frac": tuple(margin_frac),
             "huber_kappa": tuple(huber_kappa),
@@ -147,6 +158,8 @@ class RolloutCallback(pl.Callback):
             "wrong_scale": tuple(wrong_scale),
         }
         self.num_text_samples = num_text_samples
+        self.max_empty_steps = max_empty_steps
+        self._consecutive_empty = 0
         self.seed = seed
         self.reward_fn_spec = reward_fn
         self.reward_fn = None
@@ -187,7 +200,7 @@ class RolloutCallback(pl.Callback):
             self.engine = build_engine("vllm", model_path=pl_module.resolved_model_path, **kwargs)
         else:
             self.engine = build_engine("hf", model=pl_module.policy, tokenizer=pl_module.tokenizer, **kwargs)
-        self.grader = Grader(timeout=self.grade_timeout)
+        self.grader = Grader(timeout=self.grade_timeout, answer_fallback=self.answer_fallback)
         self._log_data_summary(trainer, dm)
         if self.trigger_filter:
             from ares_lit.triggers import DEFAULT_TRIGGER_WORDS, trigger_token_ids
@@ -262,9 +275,18 @@ class RolloutCallback(pl.Callback):
         self.totals["refill_rounds"] += refills
         if not groups:
             self.totals["empty_steps"] += 1
+            self._consecutive_empty += 1
+            if self._consecutive_empty >= self.max_empty_steps:
+                raise RuntimeError(
+                    f"{self._consecutive_empty} consecutive rollout steps had no group with both right and wrong "
+                    "answers, so there is nothing to learn. Check that answers match the data (answer_key), "
+                    "that max_new_tokens leaves room for a \\boxed{} answer, or use easier data, a larger n, "
+                    "answer_fallback: last_number, or a reward_fn."
+                )
             batch["rollout"] = None
             pl_module.log("rollout/empty_steps", float(self.totals["empty_steps"]), on_step=True)
             return
+        self._consecutive_empty = 0
         batch["rollout"] = self._finish(pl_module, dm, groups, timings, dropped, refills)
 
     # ------------------------------------------------------------------ pieces

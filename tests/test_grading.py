@@ -255,3 +255,23 @@ def test_integers_grade_exactly(grader, a):
     assert grader.grade(f"\\boxed{{{a}}}", str(a)) is True
     assert grader.grade(f"\\boxed{{\\frac{{{2 * a}}}{{2}}}}", str(a)) is True  # through sympy
     assert grader.grade(f"\\boxed{{{a + 1}}}", str(a)) is False
+
+
+def test_extract_answer_fallback_to_last_number():
+    from ares_lit.grading import extract_answer
+
+    assert extract_answer("so 12, then -3/4.", "last_number") == "-3/4"
+    assert extract_answer("boxed wins: \\boxed{5} then 7", "last_number") == "5"
+    assert extract_answer("no digits", "last_number") is None
+    assert extract_answer("the answer is 5", "none") is None  # the ARES rule: only boxed answers count
+
+
+def test_grader_answer_fallback():
+    with Grader(timeout=5.0, answer_fallback="last_number") as lenient:
+        assert lenient.grade("The sum is 12.", "12") is True
+        assert lenient.grade("The sum is 13.", "12") is False
+    with Grader(timeout=5.0) as strict:
+        assert strict.grade("The sum is 12.", "12") is False
+        assert strict.stats["no_answer"] == 1
+    with pytest.raises(ValueError, match="answer_fallback"):
+        Grader(answer_fallback="first_number")

@@ -116,6 +116,7 @@ class AEPOModule(pl.LightningModule):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         self.policy.config.use_cache = False
+        self.policy.train()  # from_pretrained returns eval mode; dropout etc. follow the trainer
         if self.hparams.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.hparams.use_kl_loss:
@@ -181,6 +182,11 @@ class AEPOModule(pl.LightningModule):
         rollout: RolloutBatch | None = batch.get("rollout") if isinstance(batch, dict) else None
         if rollout is None or rollout.size == 0:
             # Every group of this step had no signal, even after refills: nothing to learn from.
+            # The optimizer still takes its (gradient-free, so weight-preserving) step, so that
+            # trainer.max_steps keeps counting rollout steps and a signal-free run still ends.
+            opt = self.optimizers()
+            opt.zero_grad(set_to_none=True)
+            opt.step()
             self.log("train/skipped_steps", 1.0, on_step=True, reduce_fx="sum")
             return None
         started = time.perf_counter()

@@ -87,6 +87,10 @@ class VLLMEngine(RolloutEngine):
             # Explicit CPU KV-cache size (the float form of VLLM_CPU_KVCACHE_SPACE, which only takes whole GiB);
             # an explicit size also skips vLLM's start-up memory-profiling warm-up.
             extra["kv_cache_memory_bytes"] = int(kv_cache_gb * _GiB)
+            # A chunked (partial) prefill rewinds the request's seeded generator with set_offset,
+            # which CPU generators do not support ("CPU Generator does not use offset"): prefill
+            # whole prompts instead, so per-request seeds stay usable on the CPU.
+            extra["enable_chunked_prefill"] = False
         if distributed_executor_backend is not None:
             extra["distributed_executor_backend"] = distributed_executor_backend
 

@@ -64,12 +64,15 @@ def test_levels_have_the_promised_shape():
         numbers = [int(t) for t in expr.replace("(", " ").replace(")", " ").split() if t.isdigit()]
         n_ops = sum(expr.count(op) for op in "+-*")
         if p["level"] == "easy":
-            assert n_ops == 1 and "+" in expr and all(1 <= x <= 99 for x in numbers)
+            assert n_ops == 1 and "+" in expr and all(1 <= x <= 9 for x in numbers)
         elif p["level"] == "medium":
-            assert n_ops == 2 and "(" not in expr and ("-" in expr or "*" in expr)
-            assert all(2 <= x <= 12 for x in numbers)
+            assert n_ops == 1 and "(" not in expr
+            if "+" in expr:
+                assert all(10 <= x <= 99 for x in numbers)
+            else:
+                assert "*" in expr and all(2 <= x <= 9 for x in numbers)
         else:
-            assert n_ops == 3 and "(" in expr and "*" in expr and max(numbers) >= 100
+            assert n_ops == 2 and ("-" in expr or "*" in expr) and all(2 <= x <= 12 for x in numbers)
 
 
 def test_answers_parse_with_math_verify():

@@ -1,0 +1,1 @@
+"""Command-line tools around the training stages (`python -m ares_lit.tools.<name>`)."""
