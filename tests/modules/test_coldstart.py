@@ -107,7 +107,7 @@ def test_prompt_positions_carry_no_loss(model_dir):
         edit.clear()
         edit.update({0: slice(prompt_lens[0] - 1, prompt_lens[0])})
         moved, _ = module.compute_loss(batch)
-        assert abs(float(moved) - float(base)) > 1e-4
+        assert abs(float(moved.detach()) - float(base.detach())) > 1e-4
     finally:
         handle.remove()
 
@@ -130,8 +130,9 @@ def test_kl_term_weights_k3_by_bracket(model_dir):
             p.add_(0.05 * torch.randn_like(p))
     batch, _ = make_batch(module.tokenizer)
     loss, stats = module.compute_loss(batch)
-    lp, rows = label_logprobs(module.policy, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    ref, _ = label_logprobs(module.reference, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    with torch.no_grad():
+        lp, rows = label_logprobs(module.policy, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        ref, _ = label_logprobs(module.reference, batch["input_ids"], batch["attention_mask"], batch["labels"])
     d = (ref - lp).double()
     k3 = d.exp() - d - 1  # no clamping needed at these magnitudes
     beta = torch.tensor(betas, dtype=torch.float64)[torch.tensor(BRACKETS)[rows]]
