@@ -78,6 +78,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from ares_lit.grading import Grader, extract_boxed, format_ok
+from ares_lit.models.resolve import attached_policy_path
 from ares_lit.prompting import ARES_PROMPT_SUFFIX, build_prompt_text
 from data_modules.prompts import _MALFORMED, ResumableBatchSampler, _as_text, _load_rows, prompt_id
 
@@ -386,7 +387,7 @@ class ColdstartDataModule(LightningDataModule):
 
     def _load_tokenizer(self) -> Any:
         if self.tokenizer is None:
-            path = self.hparams.tokenizer_path or self._policy_model_path()
+            path = self.hparams.tokenizer_path or attached_policy_path(self)
             if not path:
                 raise ValueError("data.tokenizer_path is not set and no model is attached; set --data.init_args.tokenizer_path")
             from transformers import AutoTokenizer  # slow import
@@ -396,16 +397,6 @@ class ColdstartDataModule(LightningDataModule):
         if self.tokenizer.eos_token_id is None:
             raise ValueError("the policy's tokenizer has no eos token; SFT responses must end with one")
         return self.tokenizer
-
-    def _policy_model_path(self) -> str | None:
-        trainer = getattr(self, "trainer", None)
-        module = trainer.lightning_module if trainer is not None else None
-        model_path = getattr(getattr(module, "hparams", None), "model_path", None)
-        if not model_path:
-            return None
-        from ares_lit.models.resolve import resolve_model_path
-
-        return str(resolve_model_path(model_path))
 
     def _cache_key(self, fingerprint: str, tokenizer: Any) -> str:
         settings = {

@@ -45,6 +45,7 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ares_lit.models.resolve import attached_policy_path
 from ares_lit.prompting import ARES_PROMPT_SUFFIX, build_prompt_text
 from data_modules.difficulty import DifficultyTracker
 
@@ -357,7 +358,7 @@ class PromptDataModule(LightningDataModule):
         source = self._read(self.path)
         val_source = self._read(self.val_path) if self.val_path else None  # columns checked before any tokenizing
         if self.tokenizer is None and not self.tokenizer_path:
-            self.tokenizer_path = self._policy_model_path()
+            self.tokenizer_path = attached_policy_path(self)
         if self.tokenizer is None and not self.tokenizer_path:
             raise ValueError(
                 "data.tokenizer_path is not set; set --data.init_args.tokenizer_path to the policy's tokenizer"
@@ -382,17 +383,6 @@ class PromptDataModule(LightningDataModule):
                 "lower data.batch_size or add data"
             )
         self.train_records = records
-
-    def _policy_model_path(self) -> str | None:
-        """The policy's own tokenizer: the attached module's `model_path` (builtins resolved)."""
-        trainer = getattr(self, "trainer", None)
-        module = trainer.lightning_module if trainer is not None else None
-        model_path = getattr(getattr(module, "hparams", None), "model_path", None)
-        if not model_path:
-            return None
-        from ares_lit.models.resolve import resolve_model_path
-
-        return str(resolve_model_path(model_path))
 
     def _read(self, path: str) -> tuple[list[Any], int, str]:
         """Rows of a source after checking that the configured columns exist (the first check)."""

@@ -13,7 +13,7 @@ from typing import Callable
 from ares_lit.models.smollm2 import default_cache_dir, smollm2_instruct_path
 from ares_lit.models.tiny import build_tiny_qwen2
 
-__all__ = ["resolve_model_path", "BUILTIN_MODELS", "BUILTIN_PREFIX"]
+__all__ = ["resolve_model_path", "attached_policy_path", "BUILTIN_MODELS", "BUILTIN_PREFIX"]
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -53,3 +53,14 @@ def resolve_model_path(name_or_path: str) -> str:
             "and HF_HUB_OFFLINE=1 forbids downloads"
         )
     return name_or_path
+
+
+def attached_policy_path(datamodule) -> str | None:
+    """The resolved `model_path` of the LightningModule attached to `datamodule`'s trainer, if any.
+
+    DataModules use it to tokenize with the policy's own tokenizer when no tokenizer is configured.
+    """
+    trainer = getattr(datamodule, "trainer", None)
+    module = trainer.lightning_module if trainer is not None else None
+    model_path = getattr(getattr(module, "hparams", None), "model_path", None)
+    return str(resolve_model_path(model_path)) if model_path else None

@@ -13,7 +13,6 @@ token counts on non-window tokens, which the callback all-reduces to update κ_d
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 
 from ares_lit.batch import RolloutBatch
 from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, aggregate, kl_estimate, policy_loss
+from ares_lit.modules.export import export_at_fit_end, export_hf
 from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, response_logprobs
 
 __all__ = ["AEPOModule"]
@@ -292,24 +292,9 @@ class AEPOModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ export
     def on_fit_end(self) -> None:
-        target = self.hparams.export_dir
-        if target == "":
-            return
-        if target is None:
-            log_dir = self.trainer.log_dir or self.trainer.default_root_dir
-            target = os.path.join(log_dir, "hf_model")
-        if self.trainer.is_global_zero:
-            self.export_hf(target)
-        self.trainer.strategy.barrier("ares_export")
+        export_at_fit_end(self, self.hparams.export_dir, "policy")
 
     def export_hf(self, target: str | Path) -> Path:
         """Save the policy and its tokenizer as a Hugging Face folder that transformers and vLLM load."""
-        target = Path(target)
-        target.mkdir(parents=True, exist_ok=True)
-        self.policy.config.use_cache = True
-        self.policy.save_pretrained(str(target), safe_serialization=True)
-        self.policy.config.use_cache = False
-        self.tokenizer.save_pretrained(str(target))
-        print(f"[ares_lit] exported the policy to {target}", flush=True)
-        return target
+        return export_hf(self.policy, self.tokenizer, target, "policy")
 

@@ -23,7 +23,6 @@ what the AEPO stage loads: `--model.init_args.model_path=<export_dir>`.
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ares_lit.core import KL_KINDS, kl_estimate
+from ares_lit.modules.export import export_at_fit_end, export_hf
 from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, _chunk_logprobs, position_ids_from_mask, tokens_per_chunk
 
 __all__ = ["AdaptiveColdstartModule", "label_logprobs"]
@@ -265,22 +265,8 @@ class AdaptiveColdstartModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ export
     def on_fit_end(self) -> None:
-        target = self.hparams.export_dir
-        if target == "":
-            return
-        if target is None:
-            target = os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "hf_model")
-        if self.trainer.is_global_zero:
-            self.export_hf(target)
-        self.trainer.strategy.barrier("ares_export")
+        export_at_fit_end(self, self.hparams.export_dir, "cold-start model")
 
     def export_hf(self, target: str | Path) -> Path:
-        """Save the model and its tokenizer as a Hugging Face folder that transformers and vLLM load."""
-        target = Path(target)
-        target.mkdir(parents=True, exist_ok=True)
-        self.policy.config.use_cache = True
-        self.policy.save_pretrained(str(target), safe_serialization=True)
-        self.policy.config.use_cache = False
-        self.tokenizer.save_pretrained(str(target))
-        print(f"[ares_lit] exported the cold-start model to {target}", flush=True)
-        return target
+        """Save the cold-start model and its tokenizer as a Hugging Face folder that transformers and vLLM load."""
+        return export_hf(self.policy, self.tokenizer, target, "cold-start model")
