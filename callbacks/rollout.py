@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 import lightning.pytorch as pl
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from ares_lit.batch import RolloutBatch
 from ares_lit.core import (
@@ -352,18 +353,16 @@ class RolloutCallback(pl.Callback):
             torch.arange(len(groups)), torch.tensor([len(g["completions"]) for g in groups])
         )
         n = len(responses)
-        p_len = max(len(p) for p in prompt_ids)
-        r_len = max(max((len(r) for r in responses), default=1), 1)
-        input_ids = torch.full((n, p_len + r_len), pad, dtype=torch.long)
-        attention = torch.zeros((n, p_len + r_len), dtype=torch.long)
-        response_mask = torch.zeros((n, r_len), dtype=torch.bool)
-        for i, (p, r) in enumerate(zip(prompt_ids, responses)):  # building the padded layout, once per sample
-            input_ids[i, p_len - len(p) : p_len] = torch.tensor(p, dtype=torch.long)
-            attention[i, p_len - len(p) : p_len] = 1
-            if r:
-                input_ids[i, p_len : p_len + len(r)] = torch.tensor(r, dtype=torch.long)
-                attention[i, p_len : p_len + len(r)] = 1
-                response_mask[i, : len(r)] = True
+        # Prompts left-padded to P, responses right-padded to R (at least 1 column).
+        prompts_t = pad_sequence([torch.tensor(p, dtype=torch.long) for p in prompt_ids], True, pad, "left")
+        resp_t = pad_sequence([torch.tensor(r, dtype=torch.long) for r in responses] + [torch.zeros(1, dtype=torch.long)], True, pad)[:n]
+        p_len, r_len = prompts_t.shape[1], resp_t.shape[1]
+        p_lens = torch.tensor([len(p) for p in prompt_ids])
+        r_lens = torch.tensor([len(r) for r in responses])
+        response_mask = torch.arange(r_len)[None, :] < r_lens[:, None]
+        prompt_mask = torch.arange(p_len)[None, :] >= (p_len - p_lens)[:, None]
+        input_ids = torch.cat([prompts_t, torch.where(response_mask, resp_t, pad)], dim=1)
+        attention = torch.cat([prompt_mask, response_mask], dim=1).long()
 
         with _timer(timings, "logprobs"):
             old_lp, entropy = pl_module.score(pl_module.policy, input_ids, attention, r_len, self.temperature, True)
