@@ -80,7 +80,7 @@ from torch.utils.data import DataLoader, Dataset
 from ares_lit.grading import Grader, extract_boxed, format_ok
 from ares_lit.models.resolve import attached_policy_path
 from ares_lit.prompting import ARES_PROMPT_SUFFIX, build_prompt_text
-from data_modules.prompts import _MALFORMED, ResumableBatchSampler, _as_text, _load_rows, prompt_id
+from data_modules.prompts import MALFORMED, ResumableBatchSampler, as_text, load_rows, prompt_id
 
 __all__ = [
     "DROP_REASONS",
@@ -184,8 +184,8 @@ def _candidates(traces: Any) -> list[tuple[str, bool | None]] | None:
             if not isinstance(flag, bool):
                 flag = None
             item = item.get("text")
-        text = _as_text(item, numbers_ok=False)
-        if text is not None and text is not _MALFORMED and text:
+        text = as_text(item, numbers_ok=False)
+        if text is not None and text is not MALFORMED and text:
             out.append((text, flag))
     return out
 
@@ -368,7 +368,7 @@ class ColdstartDataModule(LightningDataModule):
         elif hp.path.startswith("builtin:"):
             raise ValueError(f"unknown builtin pool {hp.path!r}; use {BUILTIN!r} or a .json/.jsonl/.parquet file")
         else:
-            rows, columns, unreadable, name = _load_rows(hp.path, "train")
+            rows, columns, unreadable, name = load_rows(hp.path, "train")
             fingerprint = hashlib.sha256(Path(hp.path).expanduser().read_bytes()).hexdigest()
         for option in ("question_key", "answer_key", "traces_key", "source_key", "image_key", "id_key"):
             value = getattr(hp, option)
@@ -422,10 +422,10 @@ class ColdstartDataModule(LightningDataModule):
         hp = self.hparams
         if not isinstance(row, dict):
             return "malformed", None
-        question = _as_text(row.get(hp.question_key), numbers_ok=False)
-        answer = _as_text(row.get(hp.answer_key), numbers_ok=True)
-        source = _as_text(row.get(hp.source_key), numbers_ok=True) if hp.source_key else "default"
-        if _MALFORMED in (question, answer, source):
+        question = as_text(row.get(hp.question_key), numbers_ok=False)
+        answer = as_text(row.get(hp.answer_key), numbers_ok=True)
+        source = as_text(row.get(hp.source_key), numbers_ok=True) if hp.source_key else "default"
+        if MALFORMED in (question, answer, source):
             return "malformed", None
         if not question:
             return "empty_prompt", None

@@ -49,13 +49,22 @@ from ares_lit.models.resolve import attached_policy_path
 from ares_lit.prompting import ARES_PROMPT_SUFFIX, build_prompt_text
 from data_modules.difficulty import DifficultyTracker
 
-__all__ = ["DROP_REASONS", "PromptDataModule", "ResumableBatchSampler", "collate_prompts", "prompt_id"]
+__all__ = [
+    "DROP_REASONS",
+    "MALFORMED",
+    "PromptDataModule",
+    "ResumableBatchSampler",
+    "as_text",
+    "collate_prompts",
+    "load_rows",
+    "prompt_id",
+]
 
 log = logging.getLogger(__name__)
 
 DROP_REASONS = ("malformed", "empty_prompt", "no_answer", "too_long")
 BUILTINS = ("builtin:math",)
-_MALFORMED = object()  # sentinel: a value that cannot be used as text
+MALFORMED = object()  # sentinel: a value that cannot be used as text
 _ID_SEP = "\x1f"  # unit separator: ("a", "bc") and ("ab", "c") must not hash alike
 
 
@@ -70,25 +79,25 @@ def collate_prompts(records: list[dict]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- reading
-def _as_text(value: Any, numbers_ok: bool) -> Any:
-    """The value as clean text, None when absent, or _MALFORMED."""
+def as_text(value: Any, numbers_ok: bool) -> Any:
+    """The value as clean text, None when absent, or MALFORMED."""
     if value is None:
         return None
     if isinstance(value, (bytes, bytearray)):
         try:
             value = bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            return _MALFORMED
+            return MALFORMED
     if isinstance(value, bool):
-        return _MALFORMED
+        return MALFORMED
     if numbers_ok and isinstance(value, (int, float)):
-        return str(value) if math.isfinite(value) else _MALFORMED
+        return str(value) if math.isfinite(value) else MALFORMED
     if not isinstance(value, str):
-        return _MALFORMED
+        return MALFORMED
     try:
         value.encode("utf-8")  # lone surrogates (e.g. JSON "\ud800") cannot be tokenized or saved
     except UnicodeEncodeError:
-        return _MALFORMED
+        return MALFORMED
     return value.strip()
 
 
@@ -126,7 +135,7 @@ def _read_json(path: Path, split: str) -> tuple[list[Any], int]:
     return [whole], 0
 
 
-def _load_rows(path: str, split: str) -> tuple[list[Any], list[str], int, str]:
+def load_rows(path: str, split: str) -> tuple[list[Any], list[str], int, str]:
     """(rows, column names, unreadable line count, display name) of a data source."""
     if path.startswith("builtin:"):
         raise ValueError(f"unknown builtin data set {path!r}; available: {list(BUILTINS)}")
@@ -392,7 +401,7 @@ class PromptDataModule(LightningDataModule):
             rows: list[Any] = generate_problems(self.builtin_size, self.builtin_seed)
             columns, bad, name = ["id", "question", "answer", "level"], 0, path
         else:
-            rows, columns, bad, name = _load_rows(path, self.split)
+            rows, columns, bad, name = load_rows(path, self.split)
         for option in ("question_key", "answer_key", "image_key", "id_key"):
             key = getattr(self, option)
             if key is not None and key not in columns:
@@ -460,9 +469,9 @@ class PromptDataModule(LightningDataModule):
         """(drop reason, None) or (None, record without prompt_text / prompt_ids)."""
         if not isinstance(row, dict):
             return "malformed", None
-        question = _as_text(row.get(self.question_key), numbers_ok=False)
-        answer = _as_text(row.get(self.answer_key), numbers_ok=True)
-        if question is _MALFORMED or answer is _MALFORMED:
+        question = as_text(row.get(self.question_key), numbers_ok=False)
+        answer = as_text(row.get(self.answer_key), numbers_ok=True)
+        if question is MALFORMED or answer is MALFORMED:
             return "malformed", None
         if not question:
             return "empty_prompt", None

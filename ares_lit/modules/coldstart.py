@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ares_lit.core import KL_KINDS, kl_estimate
 from ares_lit.modules.export import export_at_fit_end, export_hf
-from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, _chunk_logprobs, position_ids_from_mask, tokens_per_chunk
+from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, chunk_logprobs, position_ids_from_mask, tokens_per_chunk
 
 __all__ = ["AdaptiveColdstartModule", "label_logprobs"]
 
@@ -69,9 +69,9 @@ def label_logprobs(
     for start in range(0, flat_h.shape[0], chunk):
         hc, tc = flat_h[start : start + chunk], flat_t[start : start + chunk]
         if grad:
-            parts.append(checkpoint(_chunk_logprobs, head, hc, tc, 1.0, use_reentrant=False))
+            parts.append(checkpoint(chunk_logprobs, head, hc, tc, 1.0, use_reentrant=False))
         else:
-            parts.append(_chunk_logprobs(head, hc, tc, 1.0))
+            parts.append(chunk_logprobs(head, hc, tc, 1.0))
     log_probs = torch.cat(parts) if parts else flat_h.new_zeros(0, dtype=torch.float32)
     return log_probs, rows
 

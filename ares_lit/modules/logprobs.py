@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ares_lit.core.entropy import token_entropy
 
-__all__ = ["position_ids_from_mask", "response_logprobs", "tokens_per_chunk"]
+__all__ = ["chunk_logprobs", "position_ids_from_mask", "response_logprobs", "tokens_per_chunk"]
 
 DEFAULT_LOGIT_BUDGET_BYTES = 256 * 1024 * 1024
 
@@ -28,7 +28,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
-def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+def chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
     logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -79,7 +79,7 @@ def response_logprobs(
     for start in range(0, flat_h.shape[0], rows):
         hc, tc = flat_h[start : start + rows], flat_t[start : start + rows]
         if grad:
-            logps.append(checkpoint(_chunk_logprobs, head, hc, tc, temperature, use_reentrant=False))
+            logps.append(checkpoint(chunk_logprobs, head, hc, tc, temperature, use_reentrant=False))
             if with_entropy:
                 with torch.no_grad():
                     ents.append(token_entropy(head(hc.detach()), temperature))

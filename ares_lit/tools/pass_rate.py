@@ -47,7 +47,7 @@ def estimate_pass_rates(
 
     from ares_lit.prompting import ARES_PROMPT_SUFFIX, build_prompt_text
     from ares_lit.rollout import SamplingConfig
-    from data_modules.prompts import _MALFORMED, _as_text
+    from data_modules.prompts import MALFORMED, as_text
 
     suffix = ARES_PROMPT_SUFFIX if prompt_suffix is None else prompt_suffix
     out = [dict(r) if isinstance(r, dict) else r for r in rows]
@@ -55,9 +55,9 @@ def estimate_pass_rates(
     for i, row in enumerate(out):
         if not isinstance(row, dict):
             continue
-        question = _as_text(row.get(question_key), numbers_ok=False)
-        answer = _as_text(row.get(answer_key), numbers_ok=True)
-        if question in (None, _MALFORMED, "") or answer in (None, _MALFORMED, ""):
+        question = as_text(row.get(question_key), numbers_ok=False)
+        answer = as_text(row.get(answer_key), numbers_ok=True)
+        if question in (None, MALFORMED, "") or answer in (None, MALFORMED, ""):
             continue
         text = build_prompt_text(tokenizer, question, suffix, system_prompt)
         todo.append((i, tokenizer(text, add_special_tokens=False)["input_ids"], answer))
@@ -107,9 +107,9 @@ def _read_pool(pool: str, builtin_size: int) -> list:
         from data_modules.coldstart_pool import generate_pool
 
         return generate_pool(builtin_size)
-    from data_modules.prompts import _load_rows
+    from data_modules.prompts import load_rows
 
-    rows, _, unreadable, name = _load_rows(pool, "train")
+    rows, _, unreadable, name = load_rows(pool, "train")
     if unreadable:
         print(f"[ares_lit] {name}: {unreadable} unreadable lines are not copied to the output", file=sys.stderr)
     return rows
