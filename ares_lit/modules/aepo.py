@@ -21,13 +21,13 @@ import torch
 
 from ares_lit.batch import RolloutBatch
 from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, aggregate, kl_estimate, policy_loss
+from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.export import export_at_fit_end, export_hf
 from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, response_logprobs
 
 __all__ = ["AEPOModule"]
 
 _LOSS_KEYS = ("pg_loss", "kl_loss", "loss")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class AEPOModule(pl.LightningModule):
@@ -81,8 +81,8 @@ class AEPOModule(pl.LightningModule):
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}; got {dtype!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
         if loss_agg not in AGG_MODES:
             raise ValueError(f"model.loss_agg must be one of {AGG_MODES}; got {loss_agg!r}")
         if kl_estimator not in KL_KINDS:
@@ -106,23 +106,12 @@ class AEPOModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ares_lit.models.resolve import resolve_model_path
-
-        path = resolve_model_path(self.hparams.model_path)
-        dtype = _DTYPES[self.hparams.dtype]
-        self.resolved_model_path = str(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        self.policy.config.use_cache = False
-        self.policy.train()  # from_pretrained returns eval mode; dropout etc. follow the trainer
-        if self.hparams.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.hparams.use_kl_loss:
-            ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-            ref.eval().requires_grad_(False)
-            self._reference = [ref]
+        hp = self.hparams
+        path, self.tokenizer, self.policy, ref = load_policy(
+            hp.model_path, hp.dtype, hp.gradient_checkpointing, with_reference=self.hparams.use_kl_loss
+        )
+        self.resolved_model_path = path
+        self._reference = [ref] if ref is not None else []
 
     @property
     def reference(self) -> torch.nn.Module | None:

@@ -31,12 +31,12 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ares_lit.core import KL_KINDS, kl_estimate
+from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.export import export_at_fit_end, export_hf
 from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, chunk_logprobs, position_ids_from_mask, tokens_per_chunk
 
 __all__ = ["AdaptiveColdstartModule", "label_logprobs"]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SCHEDULES = ("constant", "cosine")
 
 
@@ -114,8 +114,8 @@ class AdaptiveColdstartModule(pl.LightningModule):
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}; got {dtype!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
         if lr_schedule not in _SCHEDULES:
             raise ValueError(f"model.lr_schedule must be one of {_SCHEDULES}; got {lr_schedule!r}")
         if kl_estimator not in KL_KINDS:
@@ -135,23 +135,12 @@ class AdaptiveColdstartModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ares_lit.models.resolve import resolve_model_path
-
-        path = resolve_model_path(self.hparams.model_path)
-        dtype = _DTYPES[self.hparams.dtype]
-        self.resolved_model_path = str(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        self.policy.config.use_cache = False
-        self.policy.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
-        if self.hparams.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.hparams.kl_betas is not None:
-            ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-            ref.eval().requires_grad_(False)
-            self._reference = [ref]
+        hp = self.hparams
+        path, self.tokenizer, self.policy, ref = load_policy(
+            hp.model_path, hp.dtype, hp.gradient_checkpointing, with_reference=self.hparams.kl_betas is not None
+        )
+        self.resolved_model_path = path
+        self._reference = [ref] if ref is not None else []
 
     @property
     def reference(self) -> torch.nn.Module | None:
