@@ -11,7 +11,6 @@ import pytest
 from transformers import AutoTokenizer
 
 from ares_lit.grading import format_ok
-from ares_lit.models.tiny import build_tiny_tokenizer
 from ares_lit.prompting import build_prompt_text
 from data_modules.coldstart import DROP_REASONS, ColdstartDataModule, normalize_trace, target_length, uniform_quotas
 
@@ -22,18 +21,6 @@ MM_TEMPLATE = (
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
     "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_tok")
-    build_tiny_tokenizer(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tok(tok_dir):
-    return AutoTokenizer.from_pretrained(tok_dir)
 
 
 def trace(m: int, answer: str = "7") -> str:

@@ -19,18 +19,6 @@ SPEC_SUFFIX = (
 )
 
 
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_tok")
-    build_tiny_tokenizer(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tok(tok_dir):
-    return AutoTokenizer.from_pretrained(tok_dir)
-
-
 def _rows(n):
     return [{"question": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)} for i in range(n)]
 
