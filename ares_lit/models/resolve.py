@@ -12,6 +12,7 @@ from typing import Callable
 
 from ares_lit.models.smollm2 import default_cache_dir, smollm2_instruct_path
 from ares_lit.models.tiny import build_tiny_qwen2
+from ares_lit.models.tiny_vl import build_tiny_qwen2_5_vl
 
 __all__ = ["resolve_model_path", "attached_policy_path", "BUILTIN_MODELS", "BUILTIN_PREFIX"]
 
@@ -22,10 +23,15 @@ def _tiny_qwen2() -> Path:
     return build_tiny_qwen2(default_cache_dir() / "models" / "tiny-qwen2")
 
 
+def _tiny_qwen2_5_vl() -> Path:
+    return build_tiny_qwen2_5_vl(default_cache_dir() / "models" / "tiny-qwen2.5-vl")
+
+
 # name -> function returning the local folder (building or converting it on first use).
 BUILTIN_MODELS: dict[str, Callable[[], Path]] = {
     "builtin:smollm2-135m-instruct": smollm2_instruct_path,
     "builtin:tiny-qwen2": _tiny_qwen2,
+    "builtin:tiny-qwen2.5-vl": _tiny_qwen2_5_vl,
 }
 
 
