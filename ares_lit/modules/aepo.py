@@ -53,6 +53,8 @@ class AEPOModule(pl.LightningModule):
         kl_estimator: k1, k2, k3 or abs (aliases kl, mse, low_var_kl) for the KL loss.
         kl_coef: β when no DynamicKLCallback is attached.
         gradient_checkpointing: recompute decoder activations in backward (saves memory).
+        freeze_vision: vision-language models: keep the vision tower (encoder and merger) frozen
+            (the paper's RL stage trains the language model only when set; default trains all).
         logit_budget_mb: fp32 logits memory per chunk in the log-prob pass.
         export_dir: where the final policy is saved as an HF folder (with tokenizer); default
             `<log_dir>/hf_model`; empty string disables the export.
@@ -77,6 +79,7 @@ class AEPOModule(pl.LightningModule):
         kl_estimator: str = "k3",
         kl_coef: float = 0.01,
         gradient_checkpointing: bool = False,
+        freeze_vision: bool = False,
         logit_budget_mb: int = DEFAULT_LOGIT_BUDGET_BYTES // 2**20,
         export_dir: str | None = None,
     ) -> None:
@@ -108,7 +111,11 @@ class AEPOModule(pl.LightningModule):
             return
         hp = self.hparams
         path, self.tokenizer, self.policy, ref = load_policy(
-            hp.model_path, hp.dtype, hp.gradient_checkpointing, with_reference=self.hparams.use_kl_loss
+            hp.model_path,
+            hp.dtype,
+            hp.gradient_checkpointing,
+            with_reference=hp.use_kl_loss,
+            freeze_vision=hp.freeze_vision,
         )
         self.resolved_model_path = path
         self._reference = [ref] if ref is not None else []
@@ -144,8 +151,14 @@ class AEPOModule(pl.LightningModule):
         response_len: int,
         temperature: float,
         with_entropy: bool = False,
+        multimodal: list | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs (and exact entropy) of the response tokens, micro-batched, without gradients."""
+        """Log-probs (and exact entropy) of the response tokens, micro-batched, without gradients.
+
+        `multimodal` is one `MultimodalInputs` (or None) per row, for vision-language policies.
+        """
+        from ares_lit.vision import merge_multimodal
+
         was_training = model.training
         model.eval()
         lps, ents = [], []
@@ -160,6 +173,7 @@ class AEPOModule(pl.LightningModule):
                 temperature,
                 with_entropy,
                 budget,
+                merge_multimodal(multimodal[i : i + step]) if multimodal else None,
             )
             lps.append(lp)
             ents.append(ent)
@@ -240,6 +254,7 @@ class AEPOModule(pl.LightningModule):
             response_len,
             temperature,
             budget_bytes=hp.logit_budget_mb * 2**20,
+            multimodal=micro.get("multimodal"),
         )
         mask = micro["response_mask"]
         horizon = response_len if hp.loss_agg == "seq-mean-token-sum-norm" else None

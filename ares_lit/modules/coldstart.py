@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from ares_lit.core import KL_KINDS, kl_estimate
 from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.export import export_at_fit_end, export_hf
-from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, chunk_logprobs, position_ids_from_mask, tokens_per_chunk
+from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, chunk_logprobs, decoder_hidden, tokens_per_chunk
 
 __all__ = ["AdaptiveColdstartModule", "label_logprobs"]
 
@@ -46,18 +46,14 @@ def label_logprobs(
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
     budget_bytes: int = DEFAULT_LOGIT_BUDGET_BYTES,
+    multimodal: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the labelled tokens (labels != -100), HF-style shifted: position t predicts labels[t + 1].
 
     Returns (log_probs [N] fp32, row index [N]) for the N labelled tokens, in row-major order.
     Only those N positions go through the LM head, chunked (checkpointed when grad is on).
     """
-    hidden = model.get_decoder()(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
+    hidden = decoder_hidden(model, input_ids, attention_mask, multimodal)
     targets = labels[:, 1:]
     selected = targets != -100
     rows = selected.nonzero()[:, 0]
@@ -93,6 +89,7 @@ class AdaptiveColdstartModule(pl.LightningModule):
             value for all brackets. Loads a frozen copy of the initial model as the reference.
         kl_estimator: KL estimator of the penalty: k1, k2, k3 (default) or abs.
         gradient_checkpointing: recompute decoder activations in backward (saves memory).
+        freeze_vision: vision-language models: keep the vision tower (encoder and merger) frozen.
         logit_budget_mb: fp32 logits memory per chunk in the loss.
         export_dir: where the final model is saved as an HF folder (with tokenizer) at the end of
             fit; default `<log_dir>/hf_model`; empty string disables the export.
@@ -110,6 +107,7 @@ class AdaptiveColdstartModule(pl.LightningModule):
         kl_betas: list[float] | None = None,
         kl_estimator: str = "k3",
         gradient_checkpointing: bool = False,
+        freeze_vision: bool = False,
         logit_budget_mb: int = DEFAULT_LOGIT_BUDGET_BYTES // 2**20,
         export_dir: str | None = None,
     ) -> None:
@@ -137,7 +135,11 @@ class AdaptiveColdstartModule(pl.LightningModule):
             return
         hp = self.hparams
         path, self.tokenizer, self.policy, ref = load_policy(
-            hp.model_path, hp.dtype, hp.gradient_checkpointing, with_reference=self.hparams.kl_betas is not None
+            hp.model_path,
+            hp.dtype,
+            hp.gradient_checkpointing,
+            with_reference=self.hparams.kl_betas is not None,
+            freeze_vision=hp.freeze_vision,
         )
         self.resolved_model_path = path
         self._reference = [ref] if ref is not None else []
@@ -193,7 +195,10 @@ class AdaptiveColdstartModule(pl.LightningModule):
         hp = self.hparams
         budget = hp.logit_budget_mb * 2**20
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        log_probs, rows = label_logprobs(self.policy, ids, mask, labels, budget)
+        mm = None
+        if batch.get("pixel_values") is not None:
+            mm = {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"]}
+        log_probs, rows = label_logprobs(self.policy, ids, mask, labels, budget, mm)
         num_tokens = max(1, log_probs.numel())
         nll_tok = -log_probs
         nll = nll_tok.sum() / num_tokens
@@ -201,7 +206,7 @@ class AdaptiveColdstartModule(pl.LightningModule):
         stats = {"nll": nll.detach(), "tokens": torch.tensor(float(log_probs.numel()))}
         if self.reference is not None:
             with torch.no_grad():
-                ref_lp, _ = label_logprobs(self.reference, ids, mask, labels, budget)
+                ref_lp, _ = label_logprobs(self.reference, ids, mask, labels, budget, mm)
             kl_tok = kl_estimate(log_probs, ref_lp, hp.kl_estimator)
             betas = torch.tensor(hp.kl_betas, dtype=kl_tok.dtype, device=kl_tok.device)
             if betas.numel() == 1:

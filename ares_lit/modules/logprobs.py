@@ -4,6 +4,11 @@ The decoder runs once; the LM head, the fp32 log-softmax and the entropy run ove
 response positions. With gradients, each chunk runs under activation checkpointing, so backward
 keeps only the hidden states and recomputes one chunk of logits at a time: peak memory is
 O(chunk x V) in fp32, never O(B x T x V).
+
+Vision-language policies (Qwen2.5-VL): `decoder_hidden` runs the multimodal base model with the
+prompt's `pixel_values` / `image_grid_thw` and 3-D M-RoPE positions from the model's own
+`get_rope_index` (left padding skipped), the same positions HF `generate` and vLLM use, so the
+trainer's log-probs of a sampled response match the engine's.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ares_lit.core.entropy import token_entropy
 
-__all__ = ["chunk_logprobs", "position_ids_from_mask", "response_logprobs", "tokens_per_chunk"]
+__all__ = [
+    "banned_token_ids",
+    "chunk_logprobs", "decoder_hidden", "position_ids_from_mask", "response_logprobs", "tokens_per_chunk"]
 
 DEFAULT_LOGIT_BUDGET_BYTES = 256 * 1024 * 1024
 
@@ -28,10 +35,73 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
-def chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+def decoder_hidden(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    multimodal: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Last hidden states [B, L, D] of the decoder, before the LM head.
+
+    Args:
+        model: a Hugging Face causal LM, or a Qwen2-VL-style model (config has a vision_config).
+        multimodal: {"pixel_values", "image_grid_thw"} of the batch's images, in row order; None
+            for text. A VL model always gets 3-D positions, with or without images.
+    """
+    from ares_lit.vision import is_vision_language, mrope_position_ids
+
+    if is_vision_language(model.config):
+        mm = multimodal or {}
+        grid = mm.get("image_grid_thw")
+        pixels = mm.get("pixel_values")
+        if pixels is not None:
+            pixels = pixels.to(device=input_ids.device)
+            grid = grid.to(input_ids.device)
+        return model.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=mrope_position_ids(model, input_ids, attention_mask, grid),
+            pixel_values=pixels,
+            image_grid_thw=grid,
+            use_cache=False,
+        ).last_hidden_state
+    if multimodal is not None:
+        raise ValueError("the batch has images but the model is not a vision-language model")
+    return model.get_decoder()(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+
+
+def banned_token_ids(model: torch.nn.Module) -> list[int]:
+    """Tokens the rollout engines never sample (a VL model's image/video placeholders).
+
+    The engines mask them before sampling, so the behaviour policy is the renormalised
+    distribution without them; the trainer masks them too, so that π_θ is that same policy.
+    """
+    from ares_lit.vision import is_vision_language
+
+    if not is_vision_language(model.config):
+        return []
+    ids = (getattr(model.config, "image_token_id", None), getattr(model.config, "video_token_id", None))
+    return [int(i) for i in ids if i is not None]
+
+
+def _logits(head: torch.nn.Module, hidden: torch.Tensor, temperature: float, banned: list[int] | None) -> torch.Tensor:
     logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
+    if banned:
+        logits[:, banned] = float("-inf")
+    return logits
+
+
+def chunk_logprobs(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, banned: list[int] | None = None
+) -> torch.Tensor:
+    logits = _logits(head, hidden, temperature, banned)
     return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
@@ -43,6 +113,7 @@ def response_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     budget_bytes: int = DEFAULT_LOGIT_BUDGET_BYTES,
+    multimodal: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the last `response_len` tokens of each row under softmax(logits / T).
 
@@ -53,19 +124,15 @@ def response_logprobs(
         response_len: R.
         temperature: the sampling temperature (the policy being optimised is softmax(z / T)).
         with_entropy: also return the exact full-vocabulary token entropy (no gradient).
+        multimodal: the rows' images ({"pixel_values", "image_grid_thw"}), for VL models.
 
     Returns:
         (log_probs [B, R] fp32, entropy [B, R] fp32 or None). Values at padding are meaningless
         and must be masked by the caller.
     """
-    decoder = model.get_decoder()
     head = model.get_output_embeddings()
-    hidden = decoder(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
+    hidden = decoder_hidden(model, input_ids, attention_mask, multimodal)
+    banned = banned_token_ids(model)
     total = input_ids.shape[1]
     # The token at position p is predicted by the hidden state at p - 1.
     h = hidden[:, total - response_len - 1 : total - 1]
@@ -79,20 +146,20 @@ def response_logprobs(
     for start in range(0, flat_h.shape[0], rows):
         hc, tc = flat_h[start : start + rows], flat_t[start : start + rows]
         if grad:
-            logps.append(checkpoint(chunk_logprobs, head, hc, tc, temperature, use_reentrant=False))
+            logps.append(checkpoint(chunk_logprobs, head, hc, tc, temperature, banned, use_reentrant=False))
             if with_entropy:
                 with torch.no_grad():
-                    ents.append(token_entropy(head(hc.detach()), temperature))
+                    if banned:  # -inf logits: entropy from the masked log-softmax (0·log 0 = 0)
+                        lsm = _logits(head, hc.detach(), temperature, banned).log_softmax(-1)
+                        ents.append(-(lsm.exp() * lsm.nan_to_num(neginf=0.0)).sum(-1))
+                    else:
+                        ents.append(token_entropy(head(hc.detach()), temperature))
             continue
         # No gradient: one fp32 log-softmax per chunk gives both the log-probs and the exact entropy.
-        logits = head(hc).float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        lsm = logits.log_softmax(-1)
-        del logits
+        lsm = _logits(head, hc, temperature, banned).log_softmax(-1)
         logps.append(lsm.gather(-1, tc.unsqueeze(-1)).squeeze(-1))
         if with_entropy:
-            ents.append(-(lsm.exp() * lsm).sum(-1))
+            ents.append(-(lsm.exp() * lsm.nan_to_num(neginf=0.0)).sum(-1))
     log_probs = torch.cat(logps).reshape(bsz, response_len)
     entropy = torch.cat(ents).reshape(bsz, response_len) if with_entropy else None
     return log_probs, entropy

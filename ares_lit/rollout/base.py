@@ -75,8 +75,14 @@ class RolloutEngine(ABC):
     """Generates rollouts and scores sequences with the current policy weights."""
 
     @abstractmethod
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Completion]]:
-        """Sample `sampling.n` completions per prompt; returns one list per prompt, in prompt order."""
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingConfig, images: list[list | None] | None = None
+    ) -> list[list[Completion]]:
+        """Sample `sampling.n` completions per prompt; returns one list per prompt, in prompt order.
+
+        `images[i]` holds prompt i's PIL images (or None); its ids then carry the expanded
+        `<|image_pad|>` runs of `VisionProcessor.expand`. Vision-language models only.
+        """
 
     @abstractmethod
     def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:

@@ -6,6 +6,11 @@ the same as the vLLM engine's `processed_logprobs`: temperature, top-k and top-p
 our own logits processors, and a last processor records `log_softmax` of the final scores, so
 only one [batch, vocab] tensor is held (HF `output_scores` would hold [batch, steps, vocab]).
 Do not use it on a ZeRO-3-sharded model: uneven generation lengths hang the ranks.
+
+Images (Qwen2.5-VL): `generate(..., images=...)` takes each prompt's PIL images; the prompt ids
+must already hold the expanded `<|image_pad|>` runs (`VisionProcessor.expand`). The engine builds
+`pixel_values` / `image_grid_thw` with its `VisionProcessor` and passes `mm_token_type_ids`, so
+that `generate` computes the same 3-D positions as the trainer (`vision.mrope_position_ids`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class HFEngine(RolloutEngine):
         batch_size: sequences per `generate` / forward call (prompts x n are flattened first).
         device: device of an owned copy; None = CUDA if available else CPU. A live model stays where it is.
         max_model_len: prompt + completion limit; None = the config's max_position_embeddings.
+        processor: `VisionProcessor` for image prompts; None = built from the model folder on first use.
     """
 
     def __init__(
@@ -44,8 +50,11 @@ class HFEngine(RolloutEngine):
         batch_size: int = 64,
         device: str | torch.device | None = None,
         max_model_len: int | None = None,
+        processor=None,
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from ares_lit.modules.policy import load_pretrained
 
         if (model is None) == (model_path is None):
             raise ValueError("HFEngine needs exactly one of model= (a live policy, shared) or model_path= (an owned copy)")
@@ -54,7 +63,7 @@ class HFEngine(RolloutEngine):
         self.owns_weights = model is None
         if model is None:
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype)).to(device)
+            model = load_pretrained(str(model_path), getattr(torch, dtype)).to(device)
             model.eval().requires_grad_(False)
         self.model = model
         self.device = next(model.parameters()).device
@@ -66,6 +75,8 @@ class HFEngine(RolloutEngine):
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
         self.tokenizer = tokenizer
+        self.processor = processor
+        self.model_path = str(model_path or getattr(model, "name_or_path", "") or "")
         self.batch_size = batch_size
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.max_model_len = max_model_len or config.max_position_embeddings
@@ -81,22 +92,60 @@ class HFEngine(RolloutEngine):
 
     # ---------------------------------------------------------------- generation
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingConfig, images: list[list | None] | None = None
+    ) -> list[list[Completion]]:
         check_prompts(prompts, self.max_model_len, self.vocab_size)
         if not prompts:
             return []
         stop_ids = sorted(set(self.eos_token_ids) | set(sampling.stop_token_ids or []))
         rows = [p for p in prompts for _ in range(sampling.n)]  # prompt-major: row i*n + j is sample j of prompt i
+        row_mm = self._multimodal_rows(prompts, images, sampling.n)
         seed_ctx = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
         completions: list[Completion] = []
         with seed_ctx, _inference(self.model):
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
             for start in range(0, len(rows), self.batch_size):
-                completions += self._generate_batch(rows[start : start + self.batch_size], sampling, stop_ids)
+                batch_mm = row_mm[start : start + self.batch_size] if row_mm else None
+                completions += self._generate_batch(rows[start : start + self.batch_size], sampling, stop_ids, batch_mm)
         return [completions[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompts))]
 
-    def _generate_batch(self, rows: list[list[int]], s: SamplingConfig, stop_ids: list[int]) -> list[Completion]:
+    def _multimodal_rows(self, prompts: list[list[int]], images: list[list | None] | None, n: int) -> list | None:
+        """One MultimodalInputs (or None) per generated row; checks images against placeholders."""
+        from ares_lit.vision import VisionProcessor, is_vision_language
+
+        if images is None or not any(images):
+            return None
+        if len(images) != len(prompts):
+            raise ValueError(f"generate got {len(prompts)} prompts but {len(images)} image lists")
+        if not is_vision_language(self.model.config):
+            raise ValueError("image prompts need a vision-language model; this engine's model has no vision tower")
+        if self.processor is None:
+            self.processor = VisionProcessor.from_pretrained(self.model_path, tokenizer=self.tokenizer)
+        token = self.processor.image_token_id
+        per_prompt = []
+        for i, (p, imgs) in enumerate(zip(prompts, images)):
+            imgs = list(imgs or [])
+            if not imgs:
+                per_prompt.append(None)
+                continue
+            mm = self.processor.pixels(imgs)
+            expected = int((mm.image_grid_thw.prod(-1) // self.processor.merge_size**2).sum())
+            if sum(t == token for t in p) != expected:
+                raise ValueError(
+                    f"prompt {i} has {sum(t == token for t in p)} image tokens but its images need {expected}; "
+                    "expand the placeholders with VisionProcessor.expand"
+                )
+            per_prompt.append(mm)
+        return [m for m in per_prompt for _ in range(n)]
+
+    def _generate_batch(
+        self, rows: list[list[int]], s: SamplingConfig, stop_ids: list[int], row_mm: list | None = None
+    ) -> list[Completion]:
+        from ares_lit.modules.logprobs import banned_token_ids
+        from ares_lit.vision import merge_multimodal
+
         from transformers import GenerationConfig, LogitsProcessorList
         from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -116,6 +165,9 @@ class HFEngine(RolloutEngine):
                 processors.append(TopKLogitsWarper(s.top_k))
             if s.top_p < 1.0:
                 processors.append(TopPLogitsWarper(s.top_p))
+        banned = banned_token_ids(self.model)
+        if banned:  # a VL model's image/video placeholders are never sampled (the trainer masks them too)
+            processors.insert(0, _BanTokens(banned))
         recorder = _SampledTokenLogprobs()
         # A clean config, so the checkpoint's generation_config (e.g. Qwen's top_k=20, repetition_penalty)
         # cannot leak into the sampling distribution; every warper above is ours and explicit.
@@ -129,11 +181,20 @@ class HFEngine(RolloutEngine):
             pad_token_id=self.pad_token_id,
             return_dict_in_generate=False,
         )
+        extra = {}
+        mm = merge_multimodal(row_mm) if row_mm else None
+        if mm is not None:
+            extra = {
+                "pixel_values": mm["pixel_values"].to(self.device, self.model.dtype),
+                "image_grid_thw": mm["image_grid_thw"].to(self.device),
+                "mm_token_type_ids": (input_ids == self.processor.image_token_id).int().to(self.device),
+            }
         seqs = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
             generation_config=config,
             logits_processor=LogitsProcessorList([*processors, recorder]),
+            **extra,
         )
         gen = seqs[:, prompt_width:]
         logprobs = recorder.result(gen)
@@ -200,6 +261,17 @@ def _inference(model: torch.nn.Module):
             yield
     finally:
         model.train(was_training)
+
+
+class _BanTokens:
+    """Sets the logits of `token_ids` to -inf (image placeholders must never be generated)."""
+
+    def __init__(self, token_ids: list[int]) -> None:
+        self.token_ids = token_ids
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, self.token_ids] = float("-inf")
+        return scores
 
 
 class _SampledTokenLogprobs:

