@@ -4,7 +4,9 @@ Input schema (JSON lines, .json or .parquet; one problem per row; key names are 
 
     source    str   data source; L(0), L(1) are computed per source (missing: "default")
     question  str   the problem text
-    images    list  optional; a row with a non-empty list is multimodal (needs image_key set)
+    images    list  optional; a row with a non-empty list is multimodal (needs image_key set).
+                    Items: paths (relative to the pool file's folder), bytes, PIL images or
+                    `datasets` Image values; one image may stand alone instead of a list
     answer    str   the gold final answer (numbers are converted to strings)
     traces    list  candidate reasoning traces: strings, or {"text": str, "correct": bool}
                     ("correct" optional: when absent the trace is graded with ares_lit.grading)
@@ -42,21 +44,32 @@ Normalization to `<think>…</think>` + `\\boxed{}` (* our rules):
 - Output: "<think>\\n{reasoning}\\n</think>\\n{tail}", which `grading.format_ok` accepts.
 
 Bad input: rows are skipped and counted in `drop_counts` (and the report), under the first
-reason that applies: malformed (unreadable line, not an object, bad types), empty_prompt,
-no_answer, no_pass_rate (missing, or k/n/p out of range), no_traces (missing or empty list),
-no_correct_trace (no eligible candidate), too_long (correct candidates exist but none fits
-`max_length`). Configured keys that are not columns raise before the tokenizer (and the model)
-load; a pool with no usable row raises with the drop counts.
+reason that applies: malformed (unreadable line, not an object, bad types, image count unlike
+the prompt's image placeholders), empty_prompt, no_answer, no_pass_rate (missing, or k/n/p out of
+range), no_traces (missing or empty list), missing_image (an image path that does not exist),
+bad_image (an image that cannot be decoded), no_correct_trace (no eligible candidate), too_long
+(correct candidates exist but none fits `max_length`). Configured keys that are not columns raise
+before the tokenizer (and the model) load; a pool with no usable row raises with the drop counts.
+
+Images (`image_key` set; `path: builtin:visual` sets it): `self.processor`, the policy's
+`VisionProcessor`, is built in setup (data.tokenizer_path must be a Qwen2-VL / Qwen2.5-VL model).
+Every image is decoded once during curation; each `<|image_pad|>` of a prompt counts as the
+image's vision tokens (resized within `min_pixels` / `max_pixels`), so `max_length` counts them.
+The selected problems' images are saved as PNG files under `cache_dir/<key>/images/`, and
+curated.jsonl refers to them by paths relative to that folder, so a cached set needs nothing
+else. Features then carry `MultimodalInputs` (pixel patches and grids, computed in setup).
 
 Cache: the curated set and its report are saved under `cache_dir/<key>/` (curated.jsonl,
-report.json), key = sha256 of the pool's bytes (or the builtin's settings), every curation
-setting and the tokenizer. A rerun or a resumed run with the same inputs loads them instead of
-curating again. The report is also written to the run's log dir (curation_report.json) and to
+report.json, images/), key = sha256 of the pool's bytes (or the builtin's settings), every
+curation setting (pixel limits included) and the tokenizer. A rerun or a resumed run with the
+same inputs loads them instead of curating again. The report is also written to the run's log dir (curation_report.json) and to
 TensorBoard (text `curation/report`, figures `curation/brackets` and `curation/lengths`).
 
 Batches: prompt = the shared ARES prompt (`prompting.build_prompt_text`, chat template with
 generation prompt), response = normalized trace + eos; right-padded `input_ids`,
-`attention_mask`, `labels` (-100 on the prompt and on padding), `bracket` [B] and `bracket_n`.
+`attention_mask`, `labels` (-100 on the prompt and on padding), `bracket` [B] and `bracket_n`;
+with images in the batch also `pixel_values` [Σ patches, C·T·P·P] and `image_grid_thw`
+[num_images, 3], the rows' images concatenated in row order (keys absent for text-only batches).
 Batches are length-grouped (rows sorted by length within seeded groups of `group_batches`
 batches) so padding stays small; their order is reshuffled each epoch and resumes mid-epoch.
 """
@@ -70,7 +83,7 @@ import math
 import os
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -78,9 +91,10 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from ares_lit.grading import Grader, extract_boxed, format_ok
-from ares_lit.models.resolve import attached_policy_path
+from ares_lit.models.resolve import attached_policy_path, resolve_model_path
 from ares_lit.prompting import ARES_PROMPT_SUFFIX, build_prompt_text
-from data_modules.prompts import MALFORMED, ResumableBatchSampler, as_text, load_rows, prompt_id
+from ares_lit.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageError, image_reason, load_image, merge_multimodal
+from data_modules.prompts import MALFORMED, ResumableBatchSampler, as_text, image_values, load_rows, prompt_id
 
 __all__ = [
     "DROP_REASONS",
@@ -99,11 +113,14 @@ DROP_REASONS = (
     "no_answer",
     "no_pass_rate",
     "no_traces",
+    "missing_image",
+    "bad_image",
     "no_correct_trace",
     "too_long",
 )
 BUILTIN = "builtin:coldstart"
-CURATION_VERSION = 1  # bump when curation changes, so that cached sets are not reused
+BUILTIN_VISUAL = "builtin:visual"
+CURATION_VERSION = 2  # bump when curation changes, so that cached sets are not reused
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 
 
@@ -192,7 +209,11 @@ def _candidates(traces: Any) -> list[tuple[str, bool | None]] | None:
 
 # ------------------------------------------------------------------------------ batches
 def collate_sft(features: list[dict], pad_id: int, bracket_n: int) -> dict[str, Any]:
-    """Right-padded prompt + response rows; labels are -100 on the prompt and on padding."""
+    """Right-padded prompt + response rows; labels are -100 on the prompt and on padding.
+
+    Features with images carry "multimodal" (`MultimodalInputs`); the batch then also holds
+    "pixel_values" and "image_grid_thw", concatenated in row order.
+    """
     width = max(len(f["prompt_ids"]) + len(f["response_ids"]) for f in features)
     ids = torch.full((len(features), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(features), width), dtype=torch.long)
@@ -202,13 +223,17 @@ def collate_sft(features: list[dict], pad_id: int, bracket_n: int) -> dict[str, 
         ids[i, : p + r] = torch.tensor(f["prompt_ids"] + f["response_ids"])
         mask[i, : p + r] = 1
         labels[i, p : p + r] = torch.tensor(f["response_ids"])
-    return {
+    batch = {
         "input_ids": ids,
         "attention_mask": mask,
         "labels": labels,
         "bracket": torch.tensor([f["bracket"] for f in features], dtype=torch.long),
         "bracket_n": bracket_n,
     }
+    vision = merge_multimodal([f.get("multimodal") for f in features])
+    if vision is not None:
+        batch.update(vision)
+    return batch
 
 
 class _Batches(Dataset):
@@ -243,7 +268,8 @@ class ColdstartDataModule(LightningDataModule):
     """AdaCS curation (difficulty-aware trace selection) and SFT batches.
 
     Args:
-        path: 'builtin:coldstart' (the bundled generated pool) or a local .json/.jsonl/.parquet pool file.
+        path: 'builtin:coldstart' (generated arithmetic pool), 'builtin:visual' (generated picture pool) or a local
+            .json/.jsonl/.parquet pool file.
         tokenizer_path: the policy's tokenizer; None = the attached module's model_path.
         cache_dir: where curated sets are kept, keyed by inputs + settings; None = $ARES_LIT_CACHE/coldstart.
         size: problems to keep after curation (all usable problems if fewer).
@@ -255,13 +281,15 @@ class ColdstartDataModule(LightningDataModule):
         question_key: column holding the question.
         answer_key: column holding the gold answer.
         traces_key: column holding the list of candidate traces.
-        image_key: column holding images (multimodal rows); None = text only.
+        image_key: column holding images (multimodal rows); None = text only ('builtin:visual' sets 'images').
+        min_pixels: lower bound of an image's area after resizing (pixels), as the VL processor's.
+        max_pixels: upper bound of an image's area after resizing (pixels); bounds its vision tokens.
         id_key: column holding a stable id; None hashes question and answer.
         k_key: column holding the number of correct reference samples k.
         n_key: column holding the number of reference samples n.
         p_key: column holding a pass rate p in [0, 1] (used when a row has no k/n).
-        builtin_size: problems in the 'builtin:coldstart' pool.
-        builtin_seed: seed of the 'builtin:coldstart' generator.
+        builtin_size: problems in the 'builtin:coldstart' / 'builtin:visual' pool.
+        builtin_seed: seed of the 'builtin:coldstart' / 'builtin:visual' generator.
         prompt_suffix: text appended to every question after a newline ('' for none).
         system_prompt: optional system message of the chat template.
         batch_size: sequences per training batch on each device.
@@ -285,6 +313,8 @@ class ColdstartDataModule(LightningDataModule):
         answer_key: str = "answer",
         traces_key: str = "traces",
         image_key: str | None = None,
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         id_key: str | None = None,
         k_key: str = "k",
         n_key: str = "n",
@@ -311,8 +341,15 @@ class ColdstartDataModule(LightningDataModule):
                 raise ValueError(f"data.{name} must be >= {low}; got {value}")
         if multimodal_fraction is not None and not 0.0 <= multimodal_fraction <= 1.0:
             raise ValueError(f"data.multimodal_fraction must be in [0, 1] or null; got {multimodal_fraction}")
+        if not 0 < min_pixels <= max_pixels:
+            raise ValueError(
+                f"need 0 < data.min_pixels <= data.max_pixels; got min_pixels={min_pixels}, max_pixels={max_pixels}"
+            )
+        if path == BUILTIN_VISUAL and image_key is None:
+            image_key = "images"  # before save_hyperparameters, so the logged config says so
         self.save_hyperparameters()
         self.tokenizer: Any = None  # may be set before setup() to share the policy's
+        self.processor: Any = None  # VisionProcessor, built in setup() when image_key is set (or set beforehand)
         self.records: list[dict] | None = None  # curated rows (what curated.jsonl holds)
         self.report: dict[str, Any] = {}
         self.drop_counts: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -331,6 +368,8 @@ class ColdstartDataModule(LightningDataModule):
         hp = self.hparams
         rows, unreadable, name, fingerprint = self._read()  # raises on bad keys, before any tokenizer
         tokenizer = self._load_tokenizer()
+        if hp.image_key:
+            self._load_processor()
         key = self._cache_key(fingerprint, tokenizer)
         root = Path(hp.cache_dir) if hp.cache_dir else _default_cache_root()
         self.cache_path = root / key
@@ -343,6 +382,7 @@ class ColdstartDataModule(LightningDataModule):
         else:
             self.records, self.report = self._curate(rows, unreadable, name, tokenizer)
             self.report["key"] = key
+            self._store_images()
             self._save(curated, report_file)
         self.drop_counts = {r: int(self.report["dropped"].get(r, 0)) for r in DROP_REASONS}
         self._features = self._tokenize(tokenizer)
@@ -365,8 +405,17 @@ class ColdstartDataModule(LightningDataModule):
             columns = ["id", "source", "question", "answer", "level", "k", "n", "traces"]
             fingerprint = f"{BUILTIN}/{hp.builtin_size}/{hp.builtin_seed}"
             unreadable, name = 0, BUILTIN
+        elif hp.path == BUILTIN_VISUAL:
+            from data_modules.coldstart_pool import generate_visual_pool
+
+            rows = generate_visual_pool(hp.builtin_size, hp.builtin_seed)
+            columns = list(rows[0])
+            fingerprint = f"{BUILTIN_VISUAL}/{hp.builtin_size}/{hp.builtin_seed}"
+            unreadable, name = 0, BUILTIN_VISUAL
         elif hp.path.startswith("builtin:"):
-            raise ValueError(f"unknown builtin pool {hp.path!r}; use {BUILTIN!r} or a .json/.jsonl/.parquet file")
+            raise ValueError(
+                f"unknown builtin pool {hp.path!r}; use {BUILTIN!r}, {BUILTIN_VISUAL!r} or a .json/.jsonl/.parquet file"
+            )
         else:
             rows, columns, unreadable, name = load_rows(hp.path, "train")
             fingerprint = hashlib.sha256(Path(hp.path).expanduser().read_bytes()).hexdigest()
@@ -385,9 +434,16 @@ class ColdstartDataModule(LightningDataModule):
             )
         return rows, unreadable, name, fingerprint
 
+    def _model_dir(self) -> str | None:
+        """The policy's folder: data.tokenizer_path (`builtin:*` names resolved) or the attached model's."""
+        path = self.hparams.tokenizer_path
+        if path and path.startswith("builtin:"):
+            return resolve_model_path(path)
+        return path or attached_policy_path(self)
+
     def _load_tokenizer(self) -> Any:
         if self.tokenizer is None:
-            path = self.hparams.tokenizer_path or attached_policy_path(self)
+            path = self._model_dir()
             if not path:
                 raise ValueError("data.tokenizer_path is not set and no model is attached; set --data.init_args.tokenizer_path")
             from transformers import AutoTokenizer  # slow import
@@ -398,13 +454,38 @@ class ColdstartDataModule(LightningDataModule):
             raise ValueError("the policy's tokenizer has no eos token; SFT responses must end with one")
         return self.tokenizer
 
+    def _load_processor(self) -> Any:
+        """The policy's `VisionProcessor`; raises with what to change when the model is not a VL model."""
+        hp = self.hparams
+        if self.processor is not None:
+            return self.processor
+        path = self._model_dir()
+        if not path:
+            raise ValueError(
+                f"data.image_key={hp.image_key!r} is set, and images need the policy's image processor, which loads "
+                "from data.tokenizer_path; set --data.init_args.tokenizer_path to the vision-language model"
+            )
+        from ares_lit.vision import VisionProcessor
+
+        try:
+            self.processor = VisionProcessor.from_pretrained(
+                path, tokenizer=self.tokenizer, min_pixels=hp.min_pixels, max_pixels=hp.max_pixels
+            )
+        except (ValueError, OSError) as err:
+            raise ValueError(
+                f"data.image_key={hp.image_key!r} needs a vision-language policy (Qwen2-VL / Qwen2.5-VL) at {path!r}: "
+                f"{str(err).rstrip('.')}. Point data.tokenizer_path at the VL model (e.g. builtin:tiny-qwen2.5-vl), "
+                "or set data.image_key to null for text only"
+            ) from err
+        return self.processor
+
     def _cache_key(self, fingerprint: str, tokenizer: Any) -> str:
         settings = {
             k: self.hparams[k]
             for k in (
                 "size", "bracket_n", "multimodal_fraction", "allow_incorrect", "max_length", "source_key",
                 "question_key", "answer_key", "traces_key", "image_key", "id_key", "k_key", "n_key", "p_key",
-                "prompt_suffix", "system_prompt", "seed",
+                "prompt_suffix", "system_prompt", "seed", "min_pixels", "max_pixels",
             )
         }
         backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -437,8 +518,7 @@ class ColdstartDataModule(LightningDataModule):
         candidates = _candidates(row.get(hp.traces_key))
         if not candidates:
             return ("malformed" if candidates is None and row.get(hp.traces_key) is not None else "no_traces"), None
-        images = row.get(hp.image_key) if hp.image_key else None
-        images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+        images = image_values(row.get(hp.image_key)) if hp.image_key else []
         pid = row.get(hp.id_key) if hp.id_key else None
         problem = {
             "id": str(pid) if pid is not None else prompt_id(question, answer),
@@ -465,6 +545,8 @@ class ColdstartDataModule(LightningDataModule):
                 drops[reason] += 1
             else:
                 problems.append(problem)
+        self._check_images(problems, tokenizer)
+        problems = self._open_images(problems, drops)
         cand_stats = {"total": 0, "correct": 0, "incorrect": 0, "unnormalizable": 0, "too_long": 0}
         # 1. grade + normalize every candidate; 2. measure it under the policy tokenizer.
         with Grader(timeout=hp.grade_timeout) as grader:
@@ -481,12 +563,21 @@ class ColdstartDataModule(LightningDataModule):
                         cand_stats["unnormalizable"] += 1
                         continue
                     prob["eligible"].append({"text": normal, "correct": bool(correct)})
-        self._check_images(problems, tokenizer)
         prompts = [
             build_prompt_text(tokenizer, p["question"], hp.prompt_suffix, hp.system_prompt, len(p.get("images", [])))
             for p in problems
         ]
-        prompt_lens = [len(ids) for ids in _ids(tokenizer, prompts)]
+        matched, prompt_lens = [], []
+        for prob, ids in zip(problems, _ids(tokenizer, prompts)):
+            if self.processor is not None:  # each image placeholder counts as the image's vision tokens
+                try:
+                    ids = self.processor.expand(ids, prob.pop("sizes"))
+                except ValueError:  # the question itself holds image placeholders
+                    drops["malformed"] += 1
+                    continue
+            matched.append(prob)
+            prompt_lens.append(len(ids))
+        problems = matched
         texts = [c["text"] for p in problems for c in p["eligible"]]
         lengths = iter(len(ids) for ids in _ids(tokenizer, texts))
         usable = []
@@ -530,6 +621,49 @@ class ColdstartDataModule(LightningDataModule):
             records.append(record)
         report = self._report(name, total_rows, drops, cand_stats, usable, records, anchors)
         return records, report
+
+    def _pool_dir(self) -> Path | None:
+        """The folder that relative image paths of the pool are resolved against (None for builtins)."""
+        path = self.hparams.path
+        return None if path.startswith("builtin:") else Path(path).expanduser().resolve().parent
+
+    def _open_images(self, problems: list[dict], drops: dict[str, int]) -> list[dict]:
+        """Problems whose images all decode (the others are counted in `drops`), each with "sizes"."""
+        if self.processor is None:
+            return problems
+        base_dir = self._pool_dir()
+        kept = []
+        for prob in problems:
+            try:
+                sizes = []
+                for value in prob.get("images", []):
+                    image = load_image(value, base_dir)
+                    self.processor.image_tokens(image)  # aspect ratios the processor refuses are bad images
+                    sizes.append(_Size(image.width, image.height))  # only sizes are kept: pools can be large
+            except ImageError as err:
+                drops[image_reason(err)] += 1
+                continue
+            prob["sizes"] = sizes
+            kept.append(prob)
+        return kept
+
+    def _store_images(self) -> None:
+        """Save the selected problems' images as PNG under the cache folder; records refer to them."""
+        if not any(r.get("images") for r in self.records):
+            return
+        base_dir = self._pool_dir()
+        folder = self.cache_path / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, record in enumerate(self.records):
+            names = []
+            for k, value in enumerate(record.get("images", [])):
+                name = f"images/{i:06d}-{k}.png"
+                tmp = folder / f".{i:06d}-{k}.{os.getpid()}.tmp.png"  # atomic, as in _save: ranks may race
+                load_image(value, base_dir).save(tmp)  # decoded RGB as PNG: same size, lossless
+                os.replace(tmp, self.cache_path / name)
+                names.append(name)
+            if names:
+                record["images"] = names
 
     def _check_images(self, problems: list[dict], tokenizer: Any) -> None:
         if any(p["multimodal"] for p in problems):
@@ -653,10 +787,21 @@ class ColdstartDataModule(LightningDataModule):
         prompt_ids = _ids(tokenizer, prompts)
         response_ids = _ids(tokenizer, [r["response"] for r in self.records])
         eos = tokenizer.eos_token_id
-        return [
-            {"prompt_ids": list(p), "response_ids": list(r) + [eos], "bracket": rec["bracket"]}
-            for p, r, rec in zip(prompt_ids, response_ids, self.records)
-        ]
+        features = []
+        for p, r, rec in zip(prompt_ids, response_ids, self.records):
+            feature = {"prompt_ids": list(p), "response_ids": list(r) + [eos], "bracket": rec["bracket"]}
+            if rec.get("images"):
+                try:
+                    images = [load_image(name, self.cache_path) for name in rec["images"]]
+                except ImageError as err:
+                    raise ValueError(
+                        f"the cached cold-start set {self.cache_path} lost an image ({err}); delete that folder to "
+                        "curate again"
+                    ) from err
+                feature["prompt_ids"] = self.processor.expand(feature["prompt_ids"], images)
+                feature["multimodal"] = self.processor.pixels(images)
+            features.append(feature)
+        return features
 
     def _log_report(self) -> None:
         trainer = getattr(self, "trainer", None)
@@ -761,6 +906,13 @@ class ColdstartDataModule(LightningDataModule):
         saved = state_dict.get("curation_key")
         if saved and self.report.get("key") and saved != self.report["key"]:
             log.warning("checkpoint was trained on curated set %s but %s is loaded now", saved, self.report["key"])
+
+
+class _Size(NamedTuple):
+    """An image's size: all that counting its vision tokens needs."""
+
+    width: int
+    height: int
 
 
 def _ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:

@@ -1,4 +1,4 @@
-"""A bundled, offline, difficulty-graded cold-start pool (`path: builtin:coldstart`).
+"""Bundled, offline, difficulty-graded cold-start pools (`path: builtin:coldstart`, `builtin:visual`).
 
 Nothing is downloaded or committed: rows are generated deterministically from (seed, index) on
 top of `builtin_math.generate_problems`, so row i is the same whatever n is. Each row follows
@@ -17,7 +17,14 @@ the ColdstartDataModule JSONL schema (see data_modules/coldstart.py):
 - Pass rates k of n = 8 correlate with difficulty (the reference model is simulated): easy
   problems mostly k = 6..8, medium 2..6, hard 0..3, so every source has p = 0 and p = 1 rows.
 
-It is a mechanics pool for the smoke run and tests, not a benchmark.
+The multimodal pool (`generate_visual_pool`, `path: builtin:visual`) is built the same way on
+top of `builtin_visual.generate_problems`: one source per kind ("visual-count", "visual-bar",
+"visual-length"), each row's "images" holding its picture (a PIL image), and traces written from
+the picture's scene (the shapes counted row by row, the bars read off the axis, the segments
+measured in grid squares), with the same mix of lengths, formats and wrong traces, and the same
+simulated pass rates per level.
+
+They are mechanics pools for the smoke run and tests, not benchmarks.
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ from pathlib import Path
 
 from data_modules.builtin_math import generate_problems
 
-__all__ = ["SOURCES", "PASS_RATE_N", "generate_pool", "write_jsonl"]
+__all__ = ["SOURCES", "VISUAL_SOURCES", "PASS_RATE_N", "generate_pool", "generate_visual_pool", "write_jsonl"]
 
 SOURCES = ("math-terse", "math-verbose")
+VISUAL_SOURCES = ("visual-count", "visual-bar", "visual-length")
 PASS_RATE_N = 8
 # Simulated reference-model successes out of 8, per level: weights over k = 0..8.
 _K_WEIGHTS = {
@@ -92,6 +100,13 @@ def _traces(expr: str, answer: str, source: str, rng: random.Random) -> list:
     wrong_lines = lines[:-1] + [style["step"].format(a=steps[-1][0], op=steps[-1][1], b=steps[-1][2], v=slip)]
     wrong = " ".join([intro, *wrong_lines, f"So the result is {slip}."])
     wrong_short = f"{expr} = {slip}."
+    return _mix(short, medium, long, very_long, answer, wrong, wrong_short, str(slip), rng)
+
+
+def _mix(
+    short: str, medium: str, long: str, very_long: str, answer: str, wrong: str, wrong_short: str, slip: str, rng
+) -> list:
+    """Candidates of graded length in varied formats, two of them wrong, in a seeded order."""
     # Formats vary on purpose (see the module docstring); the data module normalizes them all.
     candidates = [
         f"<think>{short}</think>\n\\boxed{{{answer}}}",  # already in ARES format
@@ -124,6 +139,102 @@ def generate_pool(n: int, seed: int = 0) -> list[dict]:
                 "k": k,
                 "n": PASS_RATE_N,
                 "traces": _traces(expr, problem["answer"], source, rng),
+            }
+        )
+    return rows
+
+
+# ------------------------------------------------------------------------------ visual pool
+def _visual_reasoning(scene: dict, slip: int = 0) -> tuple[list[str], list[str], int]:
+    """(steps, re-check lines, final value) read off the scene; `slip` adds a misreading to the last step."""
+    kind = scene["kind"]
+    if kind == "count":
+        color, total, steps, checks = scene["color"], 0, [], []
+        slip_row = max(s["row"] for s in scene["shapes"] if s["color"] == color)  # a row with a target in it
+        for row in range(scene["grid"]):
+            found = [s["shape"] for s in scene["shapes"] if s["row"] == row and s["color"] == color]
+            seen = len(found) + (slip if row == slip_row else 0)
+            total += seen
+            what = ", ".join(found) if found else "none"
+            steps.append(f"Row {row + 1}: {seen} {color} (shapes: {what}); {total} so far.")
+            checks.append(f"Row {row + 1} again: {seen}.")
+        return steps, checks, total
+    if kind == "bar":
+        colors, values, step = scene["colors"], scene["values"], scene["step"]
+        read = {i: values[i] for i in scene["ask"]}
+        read[scene["ask"][-1]] += slip
+        steps = [f"The gridlines are {step} apart."]
+        for i, v in read.items():
+            below = (v // step) * step
+            where = f"exactly on the {v} gridline" if v == below else f"between {below} and {below + step}, at {v}"
+            steps.append(f"The top of the {colors[i]} bar is {where}.")
+        checks = [f"Reading the {colors[i]} bar again against the axis: {v}." for i, v in read.items()]
+        if len(read) == 1:
+            return steps, checks, next(iter(read.values()))
+        (a, va), (b, vb) = read.items()
+        steps.append(f"{va} - {vb} = {va - vb}.")
+        return steps, checks, va - vb
+    one, two = scene["segments"]
+    lengths = [one["length"], two["length"] + slip]
+    names = {"h": "horizontal", "v": "vertical"}
+    steps = [
+        f"Segment {k + 1} ({seg['color']}, {names[seg['orient']]}) spans {n} grid squares."
+        for k, (seg, n) in enumerate(zip(scene["segments"], lengths))
+    ]
+    checks = [f"Counting the squares under segment {k + 1} again: {n}." for k, n in enumerate(lengths)]
+    if scene["ask"] == "which":
+        value = 1 if lengths[0] > lengths[1] else 2
+        steps.append(f"{max(lengths)} > {min(lengths)}, so segment {value} is longer.")
+    else:
+        value = abs(lengths[0] - lengths[1])
+        steps.append(f"{max(lengths)} - {min(lengths)} = {value}.")
+    return steps, checks, value
+
+
+def _visual_traces(scene: dict, answer: str, rng: random.Random) -> list:
+    lines, checks, value = _visual_reasoning(scene)
+    if str(value) != answer:
+        raise AssertionError(f"builtin visual pool: the scene reads {value}, not {answer}")
+    intro = "I look at the picture."
+    done = f"So the answer is {answer}."
+    short = f"The picture shows it: {answer}."
+    medium = " ".join([intro, *lines, done])
+    long = " ".join([intro, *lines, "Let me look again.", *checks, done])
+    alt = "Hmm, small pictures are easy to misread, so I go over it once more. " + " ".join(lines)
+    very_long = " ".join([intro, *lines, "Let me look again.", *checks, alt, f"Therefore the answer is {answer}."])
+    # A misreading in the last step, carried to a wrong final answer.
+    slip = rng.choice([-1, 1])
+    if scene["kind"] == "length" and scene["ask"] == "which":  # misread segment 2 just past segment 1: flips it
+        one, two = (s["length"] for s in scene["segments"])
+        slip = one + 1 - two if one > two else one - 1 - two
+    wrong_lines, _, wrong_value = _visual_reasoning(scene, slip)
+    if str(wrong_value) == answer:
+        raise AssertionError(f"builtin visual pool: the misreading of {scene} did not change the answer")
+    slip = str(wrong_value)
+    wrong = " ".join([intro, *wrong_lines, f"So the answer is {slip}."])
+    return _mix(short, medium, long, very_long, answer, wrong, f"It shows {slip}.", slip, rng)
+
+
+def generate_visual_pool(n: int, seed: int = 0) -> list[dict]:
+    """n multimodal pool rows (schema above, plus "kind" and "images": [PIL image]), deterministic in (seed, index)."""
+    from data_modules.builtin_visual import generate_problems as generate_visual
+
+    rows = []
+    for i, problem in enumerate(generate_visual(n, seed)):
+        rng = random.Random(f"builtin-coldstart-visual/{seed}/{i}")
+        k = rng.choices(range(PASS_RATE_N + 1), weights=_K_WEIGHTS[problem["level"]])[0]
+        rows.append(
+            {
+                "id": f"builtin-coldstart-visual-{seed}-{i}",
+                "source": f"visual-{problem['kind']}",
+                "question": problem["question"],
+                "answer": problem["answer"],
+                "level": problem["level"],
+                "kind": problem["kind"],
+                "images": problem["images"],
+                "k": k,
+                "n": PASS_RATE_N,
+                "traces": _visual_traces(problem["scene"], problem["answer"], rng),
             }
         )
     return rows

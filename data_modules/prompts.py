@@ -7,10 +7,12 @@ targets T_d and the α_d are saved in checkpoints with the data position.
 
 A prompt record is a plain dict:
     {"id": str, "question": str, "answer": str, "prompt_text": str, "prompt_ids": list[int]}
-plus "images" (a list) when `image_key` is set. A training batch is the MUTABLE dict
-{"prompts": [records...]}; the records are shallow copies, so callbacks may add keys freely.
+plus, when `image_key` is set, "images" (the row's images, decoded: a list of RGB `PIL.Image`)
+and "num_image_tokens" (int, the vision tokens of all of them). A training batch is the MUTABLE
+dict {"prompts": [records...]}; the records are shallow copies, so callbacks may add keys freely.
 
-Loading. `path` is `builtin:math` (data_modules/builtin_math.py), a local .json/.jsonl/.parquet
+Loading. `path` is `builtin:math` (data_modules/builtin_math.py), `builtin:visual`
+(data_modules/builtin_visual.py; sets `image_key="images"`), a local .json/.jsonl/.parquet
 file, or a `datasets` hub name. JSON and JSON lines are read by this module, line by line, because
 `datasets` aborts a whole file on one bad line; parquet and hub data go through `load_dataset`.
 Column names are checked first, before the tokenizer is even loaded. Then bad rows are dropped
@@ -19,7 +21,22 @@ and counted in `drop_counts`, each under the first reason that applies:
                   surrogate, a non-string question, an answer that is not a string or a number
     empty_prompt  question missing, None or blank
     no_answer     answer missing, None or blank
-    too_long      more than `max_prompt_length` tokens after the chat template
+    missing_image an image path that does not exist
+    bad_image     an image that cannot be decoded (corrupt bytes, unknown form, aspect ratio > 200)
+    too_long      more than `max_prompt_length` tokens after the chat template, image tokens included
+A row whose image count differs from the image placeholders of its prompt (e.g. a question that
+contains `<|image_pad|>` itself) is malformed.
+
+Images (`image_key` set; rows without images are fine): `self.processor`, a `VisionProcessor`
+of the policy (data.tokenizer_path must be a Qwen2-VL / Qwen2.5-VL model), is built in setup.
+Each image of a row may be a path (relative paths are resolved against the data file's folder),
+bytes, a PIL image, or a `datasets` Image value; all are decoded in setup, and records keep the
+decoded images (fine for small sets: a 224x224 RGB image is 150 KB). Each `<|image_pad|>` the
+chat template emits is expanded to the image's vision-token count (`VisionProcessor.expand`,
+resized within `min_pixels` / `max_pixels`), so `prompt_ids` is exactly what the model sees and
+`max_prompt_length` counts image tokens. Not doing this is what makes a long-image prompt fail
+mid-training with "Image features and image tokens do not match".
+
 Ids are `str(row[id_key])` when `id_key` is set (rows without one fall back), else the first 16
 hex digits of sha1(question + "\\x1f" + answer): stable across runs and machines.
 
@@ -45,8 +62,9 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ares_lit.models.resolve import attached_policy_path
+from ares_lit.models.resolve import attached_policy_path, resolve_model_path
 from ares_lit.prompting import ARES_PROMPT_SUFFIX, build_prompt_text
+from ares_lit.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageError, image_reason, load_image
 from data_modules.difficulty import DifficultyTracker
 
 __all__ = [
@@ -56,14 +74,15 @@ __all__ = [
     "ResumableBatchSampler",
     "as_text",
     "collate_prompts",
+    "image_values",
     "load_rows",
     "prompt_id",
 ]
 
 log = logging.getLogger(__name__)
 
-DROP_REASONS = ("malformed", "empty_prompt", "no_answer", "too_long")
-BUILTINS = ("builtin:math",)
+DROP_REASONS = ("malformed", "empty_prompt", "no_answer", "missing_image", "bad_image", "too_long")
+BUILTINS = ("builtin:math", "builtin:visual")
 MALFORMED = object()  # sentinel: a value that cannot be used as text
 _ID_SEP = "\x1f"  # unit separator: ("a", "bc") and ("ab", "c") must not hash alike
 
@@ -79,6 +98,13 @@ def collate_prompts(records: list[dict]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- reading
+def image_values(value: Any) -> list[Any]:
+    """A row's image cell as a list: None -> [], a list/tuple -> itself, one image -> [it]."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def as_text(value: Any, numbers_ok: bool) -> Any:
     """The value as clean text, None when absent, or MALFORMED."""
     if value is None:
@@ -256,15 +282,18 @@ class PromptDataModule(LightningDataModule):
     """Prompts for AEPO with online difficulty buckets, bad-row accounting and resumable order.
 
     Args:
-        path: 'builtin:math' (generated arithmetic), a local .json/.jsonl/.parquet file, or a datasets hub name.
+        path: 'builtin:math' (generated arithmetic), 'builtin:visual' (generated pictures), a local
+            .json/.jsonl/.parquet file, or a datasets hub name.
         tokenizer_path: the policy's tokenizer (a local folder or hub id); required before setup.
         question_key: column holding the question text.
         answer_key: column holding the gold final answer (strings; numbers are converted).
-        image_key: column holding images for multimodal prompts, passed through as record["images"]; None for text.
+        image_key: column holding each row's images (paths, bytes, PIL or datasets Image); None for text only.
+        min_pixels: lower bound of an image's area after resizing (pixels), as the VL processor's.
+        max_pixels: upper bound of an image's area after resizing (pixels); bounds its vision tokens.
         id_key: column holding a stable prompt id; None hashes question and answer (sha1, 16 hex).
         split: split to load from a hub dataset, or the key of a {split: [...]} .json file.
-        builtin_size: number of generated problems for 'builtin:math'.
-        builtin_seed: seed of the 'builtin:math' generator.
+        builtin_size: number of generated problems for 'builtin:math' / 'builtin:visual'.
+        builtin_seed: seed of the 'builtin:math' / 'builtin:visual' generator.
         prompt_suffix: text appended to every question after a newline; '' for none.
         system_prompt: optional system message of the chat template.
         max_prompt_length: prompts longer than this many tokens (after the chat template) are dropped.
@@ -289,6 +318,8 @@ class PromptDataModule(LightningDataModule):
         question_key: str = "question",
         answer_key: str = "answer",
         image_key: str | None = None,
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         id_key: str | None = None,
         split: str = "train",
         builtin_size: int = 512,
@@ -321,12 +352,20 @@ class PromptDataModule(LightningDataModule):
                 raise ValueError(f"data.{name} must be >= {low}; got {value}")
         if val_path and val_size:
             raise ValueError("set either data.val_path (a separate file) or data.val_size (a held-out slice), not both")
+        if not 0 < min_pixels <= max_pixels:
+            raise ValueError(
+                f"need 0 < data.min_pixels <= data.max_pixels; got min_pixels={min_pixels}, max_pixels={max_pixels}"
+            )
+        if path == "builtin:visual" and image_key is None:
+            image_key = "images"  # before save_hyperparameters, so the logged config says so
         self.save_hyperparameters()
         self.path = path
         self.tokenizer_path = tokenizer_path
         self.question_key = question_key
         self.answer_key = answer_key
         self.image_key = image_key
+        self.min_pixels = min_pixels
+        self.max_pixels = max_pixels
         self.id_key = id_key
         self.split = split
         self.builtin_size = builtin_size
@@ -349,6 +388,7 @@ class PromptDataModule(LightningDataModule):
             history=history,
         )
         self.tokenizer: Any = None  # loaded in setup(); may be set beforehand to share the policy's
+        self.processor: Any = None  # VisionProcessor, built in setup() when image_key is set (or set beforehand)
         self.train_records: list[dict] | None = None
         self.val_records: list[dict] = []
         self.num_rows = 0
@@ -373,6 +413,8 @@ class PromptDataModule(LightningDataModule):
                 "data.tokenizer_path is not set; set --data.init_args.tokenizer_path to the policy's tokenizer"
             )
         tokenizer = self._load_tokenizer()
+        if self.image_key:
+            self._load_processor()
         records, self.drop_counts = self._records(tokenizer, *source)
         self.num_rows = len(records)
         if self.val_size:
@@ -393,15 +435,24 @@ class PromptDataModule(LightningDataModule):
             )
         self.train_records = records
 
-    def _read(self, path: str) -> tuple[list[Any], int, str]:
-        """Rows of a source after checking that the configured columns exist (the first check)."""
+    def _read(self, path: str) -> tuple[list[Any], int, str, Path | None]:
+        """(rows, unreadable lines, display name, folder of relative image paths) of a source,
+        after checking that the configured columns exist (the first check)."""
+        base_dir = None
         if path == "builtin:math":
             from data_modules.builtin_math import generate_problems
 
             rows: list[Any] = generate_problems(self.builtin_size, self.builtin_seed)
             columns, bad, name = ["id", "question", "answer", "level"], 0, path
+        elif path == "builtin:visual":
+            from data_modules.builtin_visual import generate_problems as generate_visual
+
+            rows = generate_visual(self.builtin_size, self.builtin_seed)
+            columns, bad, name = list(rows[0]), 0, path
         else:
             rows, columns, bad, name = load_rows(path, self.split)
+            if Path(path).expanduser().is_file():
+                base_dir = Path(path).expanduser().resolve().parent
         for option in ("question_key", "answer_key", "image_key", "id_key"):
             key = getattr(self, option)
             if key is not None and key not in columns:
@@ -409,13 +460,18 @@ class PromptDataModule(LightningDataModule):
                     f"data.{option}={key!r} is not a column of {name}; columns are {columns}; "
                     f"set --data.init_args.{option}"
                 )
-        return rows, bad, name
+        return rows, bad, name, base_dir
+
+    def _model_dir(self) -> str | None:
+        """tokenizer_path with `builtin:*` model names resolved to their local folder."""
+        path = self.tokenizer_path
+        return resolve_model_path(path) if path and path.startswith("builtin:") else path
 
     def _load_tokenizer(self) -> Any:
         if self.tokenizer is None:
             from transformers import AutoTokenizer  # slow import
 
-            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            self.tokenizer = AutoTokenizer.from_pretrained(self._model_dir())
         build_prompt_text(self.tokenizer, "?", self.prompt_suffix, self.system_prompt)  # no chat template: fail now
         if self.image_key:
             try:
@@ -428,8 +484,43 @@ class PromptDataModule(LightningDataModule):
                 ) from err
         return self.tokenizer
 
+    def _load_processor(self) -> Any:
+        """The policy's `VisionProcessor`; raises with what to change when the model is not a VL model."""
+        if self.processor is not None:
+            return self.processor
+        if not self.tokenizer_path:
+            self.tokenizer_path = attached_policy_path(self)
+        if not self.tokenizer_path:
+            raise ValueError(
+                f"data.image_key={self.image_key!r} is set, and images need the policy's image processor, which "
+                "loads from data.tokenizer_path; set --data.init_args.tokenizer_path to the vision-language model"
+            )
+        from ares_lit.vision import VisionProcessor
+
+        try:
+            self.processor = VisionProcessor.from_pretrained(
+                self._model_dir(), tokenizer=self.tokenizer, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+            )
+        except (ValueError, OSError) as err:
+            raise ValueError(
+                f"data.image_key={self.image_key!r} needs a vision-language policy (Qwen2-VL / Qwen2.5-VL) at "
+                f"data.tokenizer_path={self.tokenizer_path!r}: {str(err).rstrip('.')}. Point data.tokenizer_path at "
+                "the VL model (e.g. builtin:tiny-qwen2.5-vl), or unset data.image_key for text-only prompts"
+            ) from err
+        return self.processor
+
+    def _open_images(self, record: dict, base_dir: Path | None) -> str | None:
+        """Decode the record's images in place and count their vision tokens; the drop reason on failure."""
+        try:
+            images = [load_image(value, base_dir) for value in record["images"]]
+            record["num_image_tokens"] = sum(self.processor.image_tokens(image) for image in images)
+        except ImageError as err:
+            return image_reason(err)
+        record["images"] = images
+        return None
+
     def _records(
-        self, tokenizer: Any, rows: list[Any], unreadable: int, name: str
+        self, tokenizer: Any, rows: list[Any], unreadable: int, name: str, base_dir: Path | None = None
     ) -> tuple[list[dict], dict[str, int]]:
         """Clean rows into prompt records; returns (records, drop counts by reason)."""
         drops = dict.fromkeys(DROP_REASONS, 0)
@@ -437,6 +528,8 @@ class PromptDataModule(LightningDataModule):
         kept: list[dict] = []
         for row in rows:
             reason, record = self._clean(row)
+            if reason is None and self.image_key:
+                reason = self._open_images(record, base_dir)
             if reason:
                 drops[reason] += 1
             else:
@@ -449,6 +542,12 @@ class PromptDataModule(LightningDataModule):
         ids = tokenizer([r["prompt_text"] for r in kept], add_special_tokens=False)["input_ids"] if kept else []
         records = []
         for record, prompt_ids in zip(kept, ids):
+            if self.image_key:
+                try:
+                    prompt_ids = self.processor.expand(prompt_ids, record["images"])
+                except ValueError:  # placeholders and images disagree
+                    drops["malformed"] += 1
+                    continue
             if len(prompt_ids) > self.max_prompt_length:
                 drops["too_long"] += 1
                 continue
@@ -481,8 +580,7 @@ class PromptDataModule(LightningDataModule):
         pid = str(pid) if pid is not None else prompt_id(question, answer)
         record = {"id": pid, "question": question, "answer": answer}
         if self.image_key:
-            images = row.get(self.image_key)
-            record["images"] = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+            record["images"] = image_values(row.get(self.image_key))
         return None, record
 
     def _world(self) -> tuple[int, int]:

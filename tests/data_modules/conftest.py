@@ -1,4 +1,5 @@
-"""Shared fixtures for the DataModule tests: an offline tiny BPE tokenizer with a chat template."""
+"""Shared fixtures for the DataModule tests: an offline tiny BPE tokenizer with a chat template,
+and the tiny random Qwen2.5-VL (built once into the ares_lit cache)."""
 
 import pytest
 from transformers import AutoTokenizer
@@ -16,3 +17,10 @@ def tok_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tok(tok_dir):
     return AutoTokenizer.from_pretrained(tok_dir)
+
+
+@pytest.fixture(scope="session")
+def vl_path():
+    from ares_lit.models.resolve import resolve_model_path
+
+    return resolve_model_path("builtin:tiny-qwen2.5-vl")

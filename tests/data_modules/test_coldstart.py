@@ -14,15 +14,6 @@ from ares_lit.grading import format_ok
 from ares_lit.prompting import build_prompt_text
 from data_modules.coldstart import DROP_REASONS, ColdstartDataModule, normalize_trace, target_length, uniform_quotas
 
-# A multimodal-capable ChatML template (images as <image> placeholders) for the modality tests.
-MM_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 def trace(m: int, answer: str = "7") -> str:
     """A trace already in normalized form whose length is base + m tokens."""
     return f"<think>\n{' 1' * m}\n</think>\n\\boxed{{{answer}}}"
@@ -147,7 +138,7 @@ def test_bad_rows_are_skipped_and_counted(tmp_path, tok):
     dm = make_dm(path, tok, tmp_path, size=100, max_length=1024)
     assert dm.report["dropped"] == {
         "malformed": 2, "empty_prompt": 1, "no_answer": 2, "no_pass_rate": 2, "no_traces": 1,
-        "no_correct_trace": 1, "too_long": 1,
+        "missing_image": 0, "bad_image": 0, "no_correct_trace": 1, "too_long": 1,
     }
     assert dm.drop_counts == dm.report["dropped"] and set(dm.drop_counts) == set(DROP_REASONS)
     assert dm.report["usable"] == len(good) and dm.report["rows"] == len(good) + len(bad) + 2
@@ -177,13 +168,17 @@ def test_pass_rate_from_p_column(tmp_path, tok):
     assert dm.report["brackets_usable"] == {"0/8": 2, "2/8": 1, "4/8": 1, "8/8": 3}
 
 
-def test_multimodal_fraction(tmp_path, tok_dir):
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    tok.chat_template = MM_TEMPLATE
+def test_multimodal_fraction(tmp_path, vl_path):
+    from PIL import Image
+
+    tok = AutoTokenizer.from_pretrained(vl_path)
+    for i in range(4):
+        Image.new("RGB", (56, 56), (i * 60, 0, 0)).save(tmp_path / f"img{i}.png")
     rows = [row(i, "text", i % 3 * 4, [5, 9]) for i in range(12)]
     rows += [row(100 + i, "vqa", i % 2 * 8, [5, 9], images=[f"img{i}.png"]) for i in range(4)]
     path = write(tmp_path / "pool.jsonl", rows)
-    dm = make_dm(path, tok, tmp_path, size=8, multimodal_fraction=0.25, image_key="images", max_length=1024)
+    kw = {"image_key": "images", "max_length": 1024, "tokenizer_path": vl_path}
+    dm = make_dm(path, tok, tmp_path, size=8, multimodal_fraction=0.25, **kw)
     assert dm.report["modality_selected"] == {"text": 6, "multimodal": 2}
     mm = [r for r in dm.records if r["multimodal"]]
     assert all(r["images"] for r in mm)
@@ -191,16 +186,19 @@ def test_multimodal_fraction(tmp_path, tok_dir):
     assert sorted(r["bracket"] for r in mm) == [0, 8]
     assert sorted(r["bracket"] for r in dm.records if not r["multimodal"]) == [0, 0, 4, 4, 8, 8]
     prompt = tok.decode(dm._features[dm.records.index(mm[0])]["prompt_ids"])
-    assert "<image>" in prompt
+    assert prompt.count("<|image_pad|>") == 4  # a 56x56 image is 4 vision tokens
     # Too few multimodal rows for 0.75 of 8: the 4 there are, text fills the rest.
-    dm = make_dm(path, tok, tmp_path, size=8, multimodal_fraction=0.75, image_key="images", max_length=1024)
+    dm = make_dm(path, tok, tmp_path, size=8, multimodal_fraction=0.75, **kw)
     assert dm.report["modality_selected"] == {"text": 4, "multimodal": 4}
 
 
-def test_image_rows_with_a_text_only_template_fail_clearly(tmp_path, tok):
+def test_image_rows_with_a_text_only_model_fail_clearly(tmp_path, tok, tok_dir):
     rows = [row(i, "vqa", 4, [5], images=["a.png"]) for i in range(3)]
-    with pytest.raises(ValueError, match="cannot render image content"):
-        make_dm(write(tmp_path / "pool.jsonl", rows), tok, tmp_path, image_key="images")
+    path = write(tmp_path / "pool.jsonl", rows)
+    with pytest.raises(ValueError, match="image_key='images' is set.*set --data.init_args.tokenizer_path"):
+        make_dm(path, tok, tmp_path, image_key="images")  # no path to load an image processor from
+    with pytest.raises(ValueError, match="image_key='images' needs a vision-language policy"):
+        make_dm(path, tok, tmp_path, image_key="images", tokenizer_path=tok_dir)
 
 
 @pytest.mark.parametrize(

@@ -110,21 +110,21 @@ VL_TEMPLATE = (
 )
 
 
-def test_images_pass_through_with_a_multimodal_template(tmp_path, tok_dir):
-    images = [["a0.png"], ["a1.png", "b1.png"], ["a2.png"], ["a3.png", "b3.png"]]
-    rows = [{"question": f"What is shown {i}?", "answer": str(i), "img": images[i]} for i in range(4)]
-    rows.append({"question": "No picture?", "answer": "0", "img": None})
+def test_image_key_needs_a_vision_language_model(tmp_path, tok_dir):
+    """Images need the policy's image processor: a text model fails in setup, before any image is read.
+
+    Real image handling is tested in test_prompts_images.py with the tiny Qwen2.5-VL.
+    """
+    rows = [{"question": f"What is shown {i}?", "answer": str(i), "img": [f"a{i}.png"]} for i in range(4)]
     path = _write_jsonl(tmp_path / "mm.jsonl", rows)
     with pytest.raises(ValueError, match="cannot render image content"):
         _dm(path, tok_dir, image_key="img")  # the text-only template has no image placeholders
-    vl_dir = tmp_path / "vl_tok"
+    vl_dir = tmp_path / "vl_tok"  # a text model whose template renders images: still not a VL model
     vl = build_tiny_tokenizer(vl_dir)
     vl.chat_template = VL_TEMPLATE
     vl.save_pretrained(vl_dir)
-    dm = _dm(path, str(vl_dir), image_key="img", shuffle=False, batch_size=2)
-    assert [r["images"] for r in dm.train_records] == images + [[]]
-    assert [r["prompt_text"].count("<|image_pad|>") for r in dm.train_records] == [1, 2, 1, 2, 0]
-    assert dm.train_records[1]["prompt_text"].startswith("<|im_start|>user\n<|vision_start|>")
+    with pytest.raises(ValueError, match="image_key='img' needs a vision-language policy"):
+        _dm(path, str(vl_dir), image_key="img")
 
 
 @pytest.mark.parametrize("option", ["question_key", "answer_key", "id_key", "image_key"])
@@ -163,7 +163,9 @@ def test_bad_rows_are_dropped_and_counted_by_reason(tmp_path, tok_dir):
     path = tmp_path / "dirty.jsonl"
     path.write_bytes(b"\n".join(lines))
     dm = _dm(path, tok_dir, max_prompt_length=200, batch_size=1, shuffle=False)
-    assert dm.drop_counts == {"malformed": 5, "empty_prompt": 1, "no_answer": 3, "too_long": 1}
+    assert dm.drop_counts == {
+        "malformed": 5, "empty_prompt": 1, "no_answer": 3, "missing_image": 0, "bad_image": 0, "too_long": 1
+    }
     assert dm.num_rows == 3
     assert [r["question"] for r in dm.train_records] == [r["question"] for r in good]
     assert max(len(r["prompt_ids"]) for r in dm.train_records) <= 200

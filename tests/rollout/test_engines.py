@@ -279,3 +279,33 @@ def test_vllm_sleep_wake_cycle_keeps_weights_in_sync(vllm_engine, hf_model):
         assert vllm_engine.generate([seq[:10]], SamplingConfig(n=2, max_tokens=4, seed=0))[0][0].token_ids
     finally:
         vllm_engine.load_weights(hf_model.state_dict().items())
+
+
+def test_vllm_banned_words_are_never_sampled(vllm_engine):
+    """The mechanism that bans a VL model's image placeholders (`bad_words`), on the text model: the
+    most likely first token under greedy is banned, so greedy must pick another one, and sampling
+    never emits it."""
+    prompt = [[5, 17, 42, 7]]
+    greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=4, seed=0)
+    first = vllm_engine.generate(prompt, greedy)[0][0].token_ids[0]
+    word = vllm_engine.tokenizer.convert_ids_to_tokens(first)
+    saved = vllm_engine.banned_words
+    try:
+        vllm_engine.banned_words = [word]
+        again = vllm_engine.generate(prompt, greedy)[0][0].token_ids
+        sampled = vllm_engine.generate(prompt, SamplingConfig(n=8, temperature=1.0, max_tokens=16, seed=1))[0]
+    finally:
+        vllm_engine.banned_words = saved
+    assert again[0] != first
+    assert all(first not in c.token_ids for c in sampled)
+    assert saved == []  # a text model bans nothing
+
+
+def test_vllm_rejects_images_for_a_text_model_and_clears_caches(vllm_engine):
+    with pytest.raises(ValueError, match="vision-language"):
+        vllm_engine.generate([[5, 6, 7]], SamplingConfig(n=1, max_tokens=2), images=[["not-an-image"]])
+    with pytest.raises(ValueError, match="2 prompts but 1 image lists"):
+        vllm_engine.generate([[5, 6], [7, 8]], SamplingConfig(n=1, max_tokens=2), images=[None])
+    vllm_engine.clear_multimodal_caches()  # the per-rollout call for VL models runs on a live engine
+    out = vllm_engine.generate([[5, 6, 7]], SamplingConfig(n=1, max_tokens=2, seed=0))
+    assert len(out[0][0].token_ids) >= 1
