@@ -10,6 +10,8 @@ from __future__ import annotations
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from ares_lit.launch import prepare_launch
+
 # TensorBoard under runs/ unless a config says otherwise.
 TRAINER_DEFAULTS = {
     "logger": {
@@ -21,6 +23,12 @@ TRAINER_DEFAULTS = {
 
 class AresCLI(LightningCLI):
     """LightningCLI with `fit`, `validate`, `test` and `predict`; models and data by class_path."""
+
+    def before_fit(self) -> None:
+        # Before any model loads: the SLURM layout must match the Trainer (ares_lit/launch.py).
+        prepare_launch(self.trainer, self.datamodule)
+
+    before_validate = before_test = before_predict = before_fit
 
 
 def main(args: list[str] | None = None) -> AresCLI:

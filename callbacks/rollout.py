@@ -24,6 +24,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ares_lit.batch import RolloutBatch
+from ares_lit.modules.zero import gathered_parameters, zero3_enabled
 from ares_lit.core import (
     BUCKET_NAMES,
     HWEThreshold,
@@ -202,6 +203,11 @@ class RolloutCallback(pl.Callback):
             kwargs.setdefault("seed", self.seed)
             self.engine = build_engine("vllm", model_path=pl_module.resolved_model_path, **kwargs)
         else:
+            if zero3_enabled(trainer.strategy):
+                raise ValueError(
+                    "the hf engine generates with the trainer's live model, which ZeRO-3 shards: uneven generation "
+                    "lengths would hang the ranks. Use engine: vllm with deepspeed_stage_3, or ZeRO-2 with hf."
+                )
             kwargs.setdefault("processor", self.processor)
             self.engine = build_engine("hf", model=pl_module.policy, tokenizer=pl_module.tokenizer, **kwargs)
         self.grader = Grader(timeout=self.grade_timeout, answer_fallback=self.answer_fallback)
@@ -248,7 +254,9 @@ class RolloutCallback(pl.Callback):
             skipped = ", ".join(f"{k}={v}" for k, v in drops.items() if v) or "none"
             print(f"[ares_lit] prompts: {rows} usable; skipped rows: {skipped}", flush=True)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # After on_fit_end, not in it: the module's end-of-fit export may still need the process
+        # group (ZeRO-3 gathers), and closing vLLM tears down the distributed state it created.
         self.teardown_engine()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -273,7 +281,8 @@ class RolloutCallback(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         timings: dict[str, float] = {}
         with _timer(timings, "weight_sync"):
-            self.engine.load_weights(pl_module.policy.named_parameters())
+            # Under ZeRO-3 each parameter is gathered (collectively) and pushed on its own, never the whole model.
+            self.engine.load_weights(gathered_parameters(pl_module.policy, zero3_enabled(trainer.strategy)))
         prompts = list(batch["prompts"])
         dm = trainer.datamodule
         step_seed = self.seed + trainer.global_step
@@ -407,7 +416,10 @@ class RolloutCallback(pl.Callback):
         response_mask = response_mask.to(dev)
         entropy = entropy.to(dev)
         win, valid = window_entropy(entropy, response_mask, self.window)
-        tau_batch = self.hwe.batch_value(win, valid)
+        from ares_lit.distributed import all_gather_cat
+
+        # τ_batch over the q_i of every rank's responses, so all ranks mark HWE tokens alike.
+        tau_batch = self.hwe.from_quantiles(all_gather_cat(self.hwe.quantiles(win, valid)))
         tau = self.hwe.update(tau_batch)
         threshold = float("nan") if tau is None else tau
         triggers = None
@@ -422,6 +434,7 @@ class RolloutCallback(pl.Callback):
         accuracy = torch.cat([g["accuracy"] for g in groups]).to(dev)
         fmt = torch.cat([g["format"] for g in groups]).to(dev)
         bucket = torch.tensor([g["bucket"] for g in groups for _ in g["completions"]], dtype=torch.long, device=dev)
+        # Collective under DDP: T_d, α_d and the prompt histories come from every rank's rollouts.
         targets, alpha = dm.tracker.update_targets(n_hwe.cpu(), bucket.cpu())
         targets, alpha = targets.to(dev), alpha.to(dev)
         correct = accuracy >= 0.5

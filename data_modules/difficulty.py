@@ -9,8 +9,12 @@ state that must survive across steps and checkpoints:
 - the per-bucket reward scales α_d.
 
 The tracker lives in the prompt DataModule, so Lightning saves it in checkpoints through
-`LightningDataModule.state_dict`. Under DDP, pass it the all-gathered prompt ids, accuracies,
-N_HE and buckets so that every rank holds the same state (only rank 0's copy is saved).
+`LightningDataModule.state_dict` (rank 0's copy). Under DDP every rank must hold the same state,
+although each rank grades only its own prompts: `update_targets`, called once per step on every
+rank, gathers the step's records from all ranks (prompt ids and accuracies queued by `assign`,
+N_HE and buckets) and applies them in rank order, so every rank runs the same update on the same
+global batch. `assign` cannot gather itself: refill rounds make its call count differ per rank.
+In a single process nothing is queued or gathered.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import deque
 import torch
 
 from ares_lit.core import BUCKET_NAMES, NUM_BUCKETS, assign_buckets, bucket_targets, update_alpha
+from ares_lit.distributed import all_gather_cat, all_gather_object, world_size
 
 __all__ = ["DifficultyTracker"]
 
@@ -68,6 +73,8 @@ class DifficultyTracker:
         self.last_batch_counts = torch.zeros(NUM_BUCKETS, dtype=torch.long)
         self._bucket: dict[str, int] = {}
         self._history: dict[str, deque[float]] = {}
+        # DDP only: this rank's (prompt id, group accuracy) records since the last update_targets.
+        self._pending: tuple[list[str], list[float]] = ([], [])
 
     # ------------------------------------------------------------------ buckets
     def assign(self, prompt_ids: list[str], group_accuracy: torch.Tensor) -> torch.Tensor:
@@ -79,19 +86,42 @@ class DifficultyTracker:
 
         Returns:
             [P] long buckets (0 easy, 1 medium, 2 hard) on group_accuracy's device. Each prompt's
-            last bucket is recorded and its accuracy appended to its bounded history.
+            last bucket is recorded and its accuracy appended to its bounded history: at once in
+            a single process; under DDP at this step's `update_targets`, together with the other
+            ranks' prompts. A bucket depends only on the prompt's own accuracy, so the returned
+            buckets need no other rank.
         """
         acc = group_accuracy.detach().reshape(-1)
         if acc.numel() != len(prompt_ids):
             raise ValueError(f"got {len(prompt_ids)} prompt ids but {acc.numel()} group accuracies")
         buckets = assign_buckets(acc, self.easy_min, self.medium_min)
-        self.last_batch_counts = torch.bincount(buckets.cpu(), minlength=NUM_BUCKETS)[:NUM_BUCKETS]
+        ids, accs = [str(p) for p in prompt_ids], acc.double().tolist()
+        if world_size() > 1:
+            self._pending[0].extend(ids)
+            self._pending[1].extend(accs)
+        else:
+            self._record(ids, accs)
+        return buckets
+
+    def _record(self, prompt_ids: list[str], accuracies: list[float]) -> None:
+        """Store each prompt's bucket and append its accuracy to its history, in list order."""
+        buckets = assign_buckets(torch.tensor(accuracies, dtype=torch.float64), self.easy_min, self.medium_min)
+        self.last_batch_counts = torch.bincount(buckets, minlength=NUM_BUCKETS)[:NUM_BUCKETS]
         # Bookkeeping on P python strings per step; not a tensor hot path.
-        for pid, b, a in zip(prompt_ids, buckets.tolist(), acc.double().tolist()):
-            pid = str(pid)
+        for pid, b, a in zip(prompt_ids, buckets.tolist(), accuracies):
             self._bucket[pid] = b
             self._history.setdefault(pid, deque(maxlen=self.history)).append(a)
-        return buckets
+
+    def _merge_pending(self) -> None:
+        """DDP: apply every rank's queued records, rank 0's first, identically on all ranks."""
+        ids: list[str] = []
+        accs: list[float] = []
+        for rank_ids, rank_accs in all_gather_object(self._pending):
+            ids.extend(rank_ids)
+            accs.extend(rank_accs)
+        self._pending = ([], [])
+        if ids:
+            self._record(ids, accs)
 
     def bucket_of(self, prompt_id: str) -> int | None:
         """The bucket a prompt got when it was last seen, or None if never seen."""
@@ -104,6 +134,11 @@ class DifficultyTracker:
     # ---------------------------------------------------------- α and targets
     def update_targets(self, n_hwe: torch.Tensor, bucket: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fold one batch into T_d and α_d; return the (targets, alpha) for THIS batch's reward.
+
+        Collective under DDP: every rank calls it once per step, with its own responses (N may
+        differ per rank, and may be 0). The prompt records queued by `assign` and the N_HE and
+        buckets of all ranks are gathered first, so T_d and α_d come from the global batch and
+        are identical on every rank.
 
         Args:
             n_hwe: [N] N_HE per response.
@@ -130,6 +165,9 @@ class DifficultyTracker:
             raise ValueError(f"n_hwe has {n.numel()} values but bucket has {b.numel()}")
         if b.numel() and (b.min() < 0 or b.max() >= NUM_BUCKETS):
             raise ValueError(f"buckets must be in [0, {NUM_BUCKETS}); got values {sorted(set(b.tolist()))}")
+        if world_size() > 1:
+            self._merge_pending()
+            n, b = all_gather_cat(n), all_gather_cat(b)
         prev = self.targets.clone()
         new, mean, present = bucket_targets(n, b, prev, self.target_momentum)
         alpha_now = self.alpha.clone()
@@ -156,7 +194,11 @@ class DifficultyTracker:
 
     # -------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:
-        """Plain Python and CPU tensors, loadable with `torch.load(weights_only=True)`."""
+        """Plain Python and CPU tensors, loadable with `torch.load(weights_only=True)`.
+
+        Records queued under DDP but not merged yet (only after a step in which every rank
+        dropped all its groups) are left out: rank 0's queue does not stand for the others'.
+        """
         return {
             "targets": self.targets.clone(),
             "alpha": self.alpha.clone(),

@@ -11,6 +11,7 @@ import torch
 
 __all__ = [
     "sequence_quantiles",
+    "reduce_quantiles",
     "hwe_threshold",
     "HWEThreshold",
     "hwe_mask",
@@ -48,6 +49,20 @@ def sequence_quantiles(win: torch.Tensor, valid: torch.Tensor, quantile: float =
     return q, has_valid
 
 
+def reduce_quantiles(q: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
+    """τ_batch from the per-response quantiles q_i of the responses that have a valid window.
+
+    Paper: the mean of the q_i; `reduce="median"` is the released code's statistic. No q_i gives
+    nan. Under data parallelism pass the q_i of every rank (gathered), so that τ is the global
+    batch's and the same on all ranks.
+    """
+    if reduce not in _REDUCTIONS:
+        raise ValueError(f"reduce must be one of {_REDUCTIONS}; got {reduce!r}")
+    if q.numel() == 0:
+        return torch.tensor(math.nan, device=q.device)
+    return q.mean() if reduce == "mean" else q.median()
+
+
 def hwe_threshold(
     win: torch.Tensor,
     valid: torch.Tensor,
@@ -63,10 +78,7 @@ def hwe_threshold(
     if reduce not in _REDUCTIONS:
         raise ValueError(f"reduce must be one of {_REDUCTIONS}; got {reduce!r}")
     q, has_valid = sequence_quantiles(win, valid, quantile)
-    if not bool(has_valid.any()):
-        return torch.tensor(math.nan, device=win.device)
-    q = q[has_valid]
-    return q.mean() if reduce == "mean" else q.median()
+    return reduce_quantiles(q[has_valid], reduce)
 
 
 class HWEThreshold:
@@ -92,6 +104,15 @@ class HWEThreshold:
     def batch_value(self, win: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """τ_batch of one batch with this object's quantile and statistic."""
         return hwe_threshold(win, valid, self.quantile, self.reduce)
+
+    def quantiles(self, win: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The q_i of the responses that have a valid window (what data-parallel ranks exchange)."""
+        q, has_valid = sequence_quantiles(win, valid, self.quantile)
+        return q[has_valid]
+
+    def from_quantiles(self, q: torch.Tensor) -> torch.Tensor:
+        """τ_batch from q_i given directly, e.g. gathered from every rank: `reduce_quantiles`."""
+        return reduce_quantiles(q, self.reduce)
 
     def update(self, tau_batch: float | torch.Tensor) -> float | None:
         """Fold one batch value in and return the current τ (None until a finite value arrives)."""

@@ -19,9 +19,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from ares_lit.distributed import world_max
+
 from ares_lit.batch import RolloutBatch
 from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, aggregate, kl_estimate, policy_loss
-from ares_lit.modules.policy import DTYPES, load_policy
+from ares_lit.modules.policy import DTYPES, load_policy, load_pretrained
+from ares_lit.modules.zero import hf_zero3_loading, param_shape, shard_for_inference, unpartitioned, zero3_enabled
 from ares_lit.modules.export import export_at_fit_end, export_hf
 from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, response_logprobs
 
@@ -110,29 +113,48 @@ class AEPOModule(pl.LightningModule):
         if self.policy is not None:
             return
         hp = self.hparams
-        path, self.tokenizer, self.policy, ref = load_policy(
-            hp.model_path,
-            hp.dtype,
-            hp.gradient_checkpointing,
-            with_reference=hp.use_kl_loss,
-            freeze_vision=hp.freeze_vision,
-        )
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        with hf_zero3_loading(strategy):  # under ZeRO-3, load straight into shards (modules/zero.py)
+            path, self.tokenizer, self.policy, _ = load_policy(
+                hp.model_path, hp.dtype, hp.gradient_checkpointing, with_reference=False, freeze_vision=hp.freeze_vision
+            )
         self.resolved_model_path = path
-        self._reference = [ref] if ref is not None else []
+        self._reference = []
+        if hp.use_kl_loss:
+            # The frozen reference is inference-only and outside DeepSpeed's engine: under ZeRO-3 it
+            # is built whole (not partitioned) on each rank; see on_fit_start for sharding it.
+            with unpartitioned(strategy):
+                ref = load_pretrained(path, DTYPES[hp.dtype])
+            self._reference = [ref.eval().requires_grad_(False)]
+
+    def setup(self, stage: str) -> None:
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DeepSpeedStrategy) and isinstance(strategy.config, dict):
+            # DeepSpeed wants a micro-batch size (for its throughput logs); the prompt loader has no
+            # batch_sampler for Lightning to read it from, so give it ours.
+            strategy.config.setdefault("train_micro_batch_size_per_gpu", self.hparams.micro_batch_size)
 
     @property
     def reference(self) -> torch.nn.Module | None:
         return self._reference[0] if self._reference else None
 
     def on_fit_start(self) -> None:
-        if self.reference is not None:
+        if self.reference is None:
+            return
+        if zero3_enabled(self.trainer.strategy):
+            # ZeRO-3: shard the reference too, as an inference-only DeepSpeed engine (no optimizer),
+            # so no rank holds a whole second copy; its forwards gather layer by layer.
+            self._reference = [shard_for_inference(self.reference, self.trainer.strategy)]
+        else:
             self.reference.to(self.device)
 
     def configure_optimizers(self):
         decay, no_decay = [], []
         for name, p in self.policy.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+            if p.requires_grad:  # param_shape: a ZeRO-3 shard is 1-D; its real shape is ds_shape
+                (no_decay if len(param_shape(p)) < 2 or "norm" in name.lower() else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr,
@@ -164,51 +186,79 @@ class AEPOModule(pl.LightningModule):
         lps, ents = [], []
         step = self.hparams.micro_batch_size
         budget = self.hparams.logit_budget_mb * 2**20
-        for i in range(0, input_ids.shape[0], step):
+        n = 0 if input_ids is None else input_ids.shape[0]
+        local_chunks = -(-n // step)
+        # Every rank runs the same number of forwards (ZeRO-3 gathers are collectives): a rank
+        # with fewer rows repeats a dummy chunk and throws the result away.
+        for c in range(max(local_chunks, world_max(local_chunks))):
+            if c < local_chunks:
+                ids, mask = input_ids[c * step : (c + 1) * step], attention_mask[c * step : (c + 1) * step]
+                mm = merge_multimodal(multimodal[c * step : (c + 1) * step]) if multimodal else None
+            else:
+                ids, mask, mm, response_len = self._dummy_inputs()
             lp, ent = response_logprobs(
-                model,
-                input_ids[i : i + step].to(self.device),
-                attention_mask[i : i + step].to(self.device),
-                response_len,
-                temperature,
-                with_entropy,
-                budget,
-                merge_multimodal(multimodal[i : i + step]) if multimodal else None,
+                model, ids.to(self.device), mask.to(self.device), response_len, temperature, with_entropy, budget, mm,
+                vision_always=self._vision_always(),
             )
-            lps.append(lp)
-            ents.append(ent)
+            if c < local_chunks:
+                lps.append(lp)
+                ents.append(ent)
         model.train(was_training)
+        if not lps:
+            return torch.zeros(0, 0, device=self.device), None
         return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+    def _dummy_inputs(self):
+        """One 2-token row (pad, eos) that only keeps collective counts equal across ranks."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        ids = torch.tensor([[pad, self.tokenizer.eos_token_id]], dtype=torch.long)
+        return ids, torch.ones_like(ids), None, 1
+
+    def _vision_always(self) -> bool:
+        """With several ranks, a VL model runs its vision tower in every forward (ZeRO-3 gathers it)."""
+        return self._trainer is not None and self._trainer.world_size > 1
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int):
         rollout: RolloutBatch | None = batch.get("rollout") if isinstance(batch, dict) else None
-        if rollout is None or rollout.size == 0:
+        n = 0 if rollout is None else rollout.size
+        # Every rank must run the same number of forwards, backwards and optimizer steps (DDP
+        # all-reduces in backward, ZeRO-3 gathers in forward), whatever its own rollout size:
+        # the plan of mini/micro-batches is set by the largest rollout over all ranks, and a rank
+        # with fewer rows fills the gaps with zero-weight dummy micro-batches.
+        n_max = world_max(n)
+        if n_max == 0:
             # Every group of this step had no signal, even after refills: nothing to learn from.
             # The optimizer still takes its (gradient-free, so weight-preserving) step, so that
             # trainer.max_steps keeps counting rollout steps and a signal-free run still ends.
             opt = self.optimizers()
             opt.zero_grad(set_to_none=True)
             opt.step()
+            self.kl_stats = self._zero_kl_stats() if self.reference is not None else None
             self.log("train/skipped_steps", 1.0, on_step=True, reduce_fx="sum")
             return None
         started = time.perf_counter()
-        rollout = rollout.to(self.device)
+        rollout = rollout.to(self.device) if rollout is not None else None
         opt = self.optimizers()
         sched = self.lr_schedulers()
         hp = self.hparams
-        n = rollout.size
-        kl_sum = torch.zeros(NUM_BUCKETS, device=self.device, dtype=torch.float64)
-        kl_cnt = torch.zeros(NUM_BUCKETS, device=self.device, dtype=torch.float64)
+        kl_sum, kl_cnt = self._zero_kl_stats()
         sums: dict[str, float] = {}
         num_updates = 0
         for epoch in range(hp.ppo_epochs):
             order = torch.randperm(n, device=self.device) if epoch > 0 else torch.arange(n, device=self.device)
-            for mb_start in range(0, n, hp.mini_batch_size):
+            for mb_start in range(0, n_max, hp.mini_batch_size):
                 mini = order[mb_start : mb_start + hp.mini_batch_size]
-                normalizer = self._normalizer(rollout.response_mask[mini])
-                for mc_start in range(0, mini.numel(), hp.micro_batch_size):
-                    micro = rollout.select(mini[mc_start : mc_start + hp.micro_batch_size])
+                normalizer = self._normalizer(rollout.response_mask[mini]) if mini.numel() else 1.0
+                planned = min(hp.mini_batch_size, n_max - mb_start)
+                for mc_start in range(0, planned, hp.micro_batch_size):
+                    rows = mini[mc_start : mc_start + hp.micro_batch_size]
+                    if rows.numel() == 0:  # this rank has run out of rows: keep the collective count
+                        micro, r_len, temp = self._dummy_micro(rollout)
+                        loss, _, _ = self._micro_loss(micro, r_len, temp, 1.0)
+                        self.manual_backward(loss * 0.0)
+                        continue
+                    micro = rollout.select(rows)
                     loss, metrics, kl_tok = self._micro_loss(micro, rollout.response_len, rollout.temperature, normalizer)
                     self.manual_backward(loss)
                     share = micro["input_ids"].shape[0] / mini.numel()
@@ -234,10 +284,34 @@ class AEPOModule(pl.LightningModule):
         logs["train/optimizer_steps"] = float(num_updates)
         logs["train/rollout_size"] = float(n)
         logs["time/update"] = time.perf_counter() - started
-        pg = logs.pop("train/pg_loss")
+        pg = logs.pop("train/pg_loss", 0.0)
         self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False)
         self.log("train/pg_loss", pg, prog_bar=True, on_step=True, on_epoch=False)
         return None
+
+    def _zero_kl_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.zeros(NUM_BUCKETS, device=self.device, dtype=torch.float64)
+        return z, z.clone()
+
+    def _dummy_micro(self, rollout: RolloutBatch | None) -> tuple[dict, int, float]:
+        """A one-row micro-batch whose loss is multiplied by 0: a real row of this rank, else pad+eos."""
+        if rollout is not None and rollout.size > 0:
+            return rollout.select(torch.zeros(1, dtype=torch.long, device=self.device)), rollout.response_len, rollout.temperature
+        ids, mask, _, r_len = self._dummy_inputs()
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        zeros = torch.zeros(1, r_len, device=self.device)
+        micro = {
+            "multimodal": None,
+            "input_ids": ids,
+            "attention_mask": mask,
+            "response_mask": torch.ones(1, r_len, dtype=torch.bool, device=self.device),
+            "old_log_probs": zeros,
+            "ref_log_probs": zeros if self.reference is not None else None,
+            "advantages": torch.zeros(1, device=self.device),
+            "bucket": torch.zeros(1, dtype=torch.long, device=self.device),
+            "window_mask": torch.zeros(1, r_len, dtype=torch.bool, device=self.device),
+        }
+        return micro, r_len, 1.0
 
     def _normalizer(self, response_mask: torch.Tensor) -> float:
         """Global denominator of a mini-batch, so that micro-batch losses add up to the mini-batch loss."""
@@ -255,6 +329,7 @@ class AEPOModule(pl.LightningModule):
             temperature,
             budget_bytes=hp.logit_budget_mb * 2**20,
             multimodal=micro.get("multimodal"),
+            vision_always=self._vision_always(),
         )
         mask = micro["response_mask"]
         horizon = response_len if hp.loss_agg == "seq-mean-token-sum-norm" else None

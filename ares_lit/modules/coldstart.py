@@ -31,9 +31,10 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ares_lit.core import KL_KINDS, kl_estimate
-from ares_lit.modules.policy import DTYPES, load_policy
+from ares_lit.modules.policy import DTYPES, load_policy, load_pretrained
+from ares_lit.modules.zero import hf_zero3_loading, param_shape, unpartitioned
 from ares_lit.modules.export import export_at_fit_end, export_hf
-from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, chunk_logprobs, decoder_hidden, tokens_per_chunk
+from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, _vocab_rows, chunk_logprobs, decoder_hidden, tokens_per_chunk
 
 __all__ = ["AdaptiveColdstartModule", "label_logprobs"]
 
@@ -59,7 +60,7 @@ def label_logprobs(
     rows = selected.nonzero()[:, 0]
     flat_h, flat_t = hidden[:, :-1][selected], targets[selected]
     head = model.get_output_embeddings()
-    chunk = tokens_per_chunk(head.weight.shape[0], budget_bytes)
+    chunk = tokens_per_chunk(_vocab_rows(head), budget_bytes)
     grad = torch.is_grad_enabled() and flat_h.requires_grad
     parts = []
     for start in range(0, flat_h.shape[0], chunk):
@@ -134,15 +135,21 @@ class AdaptiveColdstartModule(pl.LightningModule):
         if self.policy is not None:
             return
         hp = self.hparams
-        path, self.tokenizer, self.policy, ref = load_policy(
-            hp.model_path,
-            hp.dtype,
-            hp.gradient_checkpointing,
-            with_reference=self.hparams.kl_betas is not None,
-            freeze_vision=hp.freeze_vision,
-        )
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        with hf_zero3_loading(strategy):  # under ZeRO-3, load straight into shards (modules/zero.py)
+            path, self.tokenizer, self.policy, _ = load_policy(
+                hp.model_path,
+                hp.dtype,
+                hp.gradient_checkpointing,
+                with_reference=False,
+                freeze_vision=hp.freeze_vision,
+            )
         self.resolved_model_path = path
-        self._reference = [ref] if ref is not None else []
+        self._reference = []
+        if hp.kl_betas is not None:
+            with unpartitioned(strategy):  # DeepSpeed does not wrap the frozen reference: keep it whole
+                ref = load_pretrained(path, DTYPES[hp.dtype])
+            self._reference = [ref.eval().requires_grad_(False)]
 
     @property
     def reference(self) -> torch.nn.Module | None:
@@ -168,8 +175,8 @@ class AdaptiveColdstartModule(pl.LightningModule):
         hp = self.hparams
         decay, no_decay = [], []
         for name, p in self.policy.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+            if p.requires_grad:  # param_shape: a ZeRO-3 shard is 1-D; its real shape is ds_shape
+                (no_decay if len(param_shape(p)) < 2 or "norm" in name.lower() else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=hp.lr,

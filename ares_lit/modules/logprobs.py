@@ -30,6 +30,11 @@ def tokens_per_chunk(vocab: int, budget_bytes: int = DEFAULT_LOGIT_BUDGET_BYTES)
     return max(1, budget_bytes // (3 * 4 * vocab))
 
 
+def _vocab_rows(head: torch.nn.Module) -> int:
+    """Output rows of the LM head, also when ZeRO-3 has partitioned its weight (shape [0], real ds_shape)."""
+    return int(getattr(head.weight, "ds_shape", head.weight.shape)[0])
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions for left-padded prompts: count real tokens only (0 on padding)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
@@ -40,6 +45,7 @@ def decoder_hidden(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     multimodal: dict[str, torch.Tensor] | None = None,
+    vision_always: bool = False,
 ) -> torch.Tensor:
     """Last hidden states [B, L, D] of the decoder, before the LM head.
 
@@ -47,6 +53,9 @@ def decoder_hidden(
         model: a Hugging Face causal LM, or a Qwen2-VL-style model (config has a vision_config).
         multimodal: {"pixel_values", "image_grid_thw"} of the batch's images, in row order; None
             for text. A VL model always gets 3-D positions, with or without images.
+        vision_always: a VL model runs its vision tower even on a text-only batch (on one blank
+            4-patch image, added with weight 0). With several ranks under ZeRO-3 the tower's
+            parameter gathers are collectives, so every rank must enter it in every forward.
     """
     from ares_lit.vision import is_vision_language, mrope_position_ids
 
@@ -57,7 +66,7 @@ def decoder_hidden(
         if pixels is not None:
             pixels = pixels.to(device=input_ids.device)
             grid = grid.to(input_ids.device)
-        return model.model(
+        hidden = model.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=mrope_position_ids(model, input_ids, attention_mask, grid),
@@ -65,6 +74,9 @@ def decoder_hidden(
             image_grid_thw=grid,
             use_cache=False,
         ).last_hidden_state
+        if vision_always and pixels is None:
+            hidden = hidden + 0.0 * _blank_vision_forward(model, hidden).sum()
+        return hidden
     if multimodal is not None:
         raise ValueError("the batch has images but the model is not a vision-language model")
     return model.get_decoder()(
@@ -98,6 +110,17 @@ def _logits(head: torch.nn.Module, hidden: torch.Tensor, temperature: float, ban
     return logits
 
 
+def _blank_vision_forward(model: torch.nn.Module, like: torch.Tensor) -> torch.Tensor:
+    """The vision tower on one blank image of 2x2 patches (the smallest grid it accepts)."""
+    visual = model.model.visual
+    cfg = model.config.vision_config
+    width = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2
+    grid = torch.tensor([[1, 2, 2]], device=like.device)
+    pixels = torch.zeros(4, width, device=like.device, dtype=next(visual.parameters()).dtype)
+    out = visual(pixels, grid_thw=grid)
+    return out.pooler_output if hasattr(out, "pooler_output") else out
+
+
 def chunk_logprobs(
     head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, banned: list[int] | None = None
 ) -> torch.Tensor:
@@ -114,6 +137,7 @@ def response_logprobs(
     with_entropy: bool = False,
     budget_bytes: int = DEFAULT_LOGIT_BUDGET_BYTES,
     multimodal: dict[str, torch.Tensor] | None = None,
+    vision_always: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the last `response_len` tokens of each row under softmax(logits / T).
 
@@ -131,7 +155,7 @@ def response_logprobs(
         and must be masked by the caller.
     """
     head = model.get_output_embeddings()
-    hidden = decoder_hidden(model, input_ids, attention_mask, multimodal)
+    hidden = decoder_hidden(model, input_ids, attention_mask, multimodal, vision_always)
     banned = banned_token_ids(model)
     total = input_ids.shape[1]
     # The token at position p is predicted by the hidden state at p - 1.
@@ -140,7 +164,7 @@ def response_logprobs(
     bsz = h.shape[0]
     flat_h = h.reshape(bsz * response_len, -1)
     flat_t = targets.reshape(-1)
-    rows = tokens_per_chunk(head.weight.shape[0], budget_bytes)
+    rows = tokens_per_chunk(_vocab_rows(head), budget_bytes)
     grad = torch.is_grad_enabled() and flat_h.requires_grad
     logps, ents = [], []
     for start in range(0, flat_h.shape[0], rows):

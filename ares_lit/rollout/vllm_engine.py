@@ -102,6 +102,10 @@ class VLLMEngine(RolloutEngine):
         if distributed_executor_backend is not None:
             extra["distributed_executor_backend"] = distributed_executor_backend
 
+        # Under Lightning DDP the default process group already exists; vLLM then builds its own
+        # groups on top of it instead of initialising one (each rank becomes an outside
+        # data-parallel rank with tensor-parallel size 1), and `close` must leave it alone.
+        self._owns_process_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
         set_num_threads, num_threads = torch.set_num_threads, torch.get_num_threads()
         try:
             self.llm = LLM(
@@ -266,10 +270,15 @@ class VLLMEngine(RolloutEngine):
         llm.llm_engine.engine_core.shutdown()
         del llm, worker
         gc.collect()
-        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+        from vllm.distributed import parallel_state
 
-        destroy_model_parallel()
-        destroy_distributed_environment()
+        parallel_state.destroy_model_parallel()
+        if self._owns_process_group:
+            parallel_state.destroy_distributed_environment()
+        elif parallel_state._WORLD is not None:
+            # Not destroy_distributed_environment: it would also destroy the trainer's DDP group.
+            parallel_state._WORLD.destroy()
+            parallel_state._WORLD = parallel_state._NODE_COUNT = None
         if init_method.startswith("file://"):
             with contextlib.suppress(OSError):
                 os.remove(init_method.removeprefix("file://"))

@@ -1,0 +1,119 @@
+"""AEPO under DeepSpeed ZeRO-2 and ZeRO-3 on the CPU (tests/strategies.py shim), with real vLLM.
+
+The weight-sync check of tests/callbacks/test_rollout.py, under ZeRO: after one optimizer step,
+the engine's log-probs equal the trainer's (pushed parameter by parameter, gathered one at a
+time under ZeRO-3), and differ from the pre-step ones. Under ZeRO-3 the policy's parameters are
+really partitioned (the shim sets the persistence threshold to 0), and so is the reference.
+
+Each fit runs in its own Python process: DeepSpeed caches the process group of a finished fit in
+module globals, so a second DeepSpeed fit in one process fails ("Group ... is not registered").
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from ares_lit.modules.aepo import AEPOModule
+from ares_lit.modules.zero import gathered_parameters
+from callbacks.dynamic_kl import DynamicKLCallback
+from callbacks.rollout import RolloutCallback
+from data_modules.prompts import PromptDataModule
+from tests.callbacks.test_rollout import CheckEngineAfterStep, write_prompts, write_reward
+from tests.strategies import CPUDeepSpeedStrategy
+
+
+class CheckEngineAfterZeroStep(CheckEngineAfterStep):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        stage3 = trainer.strategy.zero_stage_3
+        params = dict(pl_module.policy.named_parameters())
+        self.results["partitioned"] = all(p.numel() == 0 or hasattr(p, "ds_id") for p in params.values()) and stage3
+        self.results["ref_partitioned"] = any(hasattr(p, "ds_id") for p in pl_module.reference.parameters())
+        seq, plen = self.sequence(pl_module)
+        self.rollout.engine.load_weights(gathered_parameters(pl_module.policy, stage3))
+        self.results["engine_after"] = torch.tensor(self.rollout.engine.score([seq], [plen])[0])
+        ids = torch.tensor([seq])
+        lp, _ = pl_module.score(pl_module.policy, ids, torch.ones_like(ids), len(seq) - plen, 1.0)
+        self.results["trainer_after"] = lp[0].cpu()
+        self.results["rollout_size"] = batch["rollout"].size if batch["rollout"] is not None else 0
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _in_subprocess(fn: str, *args) -> dict:
+    code = f"import json, sys; from tests.modules.test_aepo_zero import {fn}; print('RESULT', json.dumps({fn}(*sys.argv[1:])))"
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_weight_sync_after_step_under_zero(tmp_path, stage):
+    r = _in_subprocess("run_zero_step", stage, tmp_path)
+    assert r["rollout_size"] > 0
+    assert r["sync_gap"] < 2e-3, r
+    assert r["step_change"] > 0.05, r
+    assert r["partitioned"] == (stage == 3)
+    assert r["ref_partitioned"] == (stage == 3)
+
+
+def test_hf_engine_is_refused_under_zero3(tmp_path):
+    assert "ZeRO-3" in _in_subprocess("run_hf_under_zero3", tmp_path)["error"]
+
+
+def run_zero_step(stage: str, tmp: str) -> dict:
+    from ares_lit.models.tiny import build_tiny_qwen2
+
+    stage, tmp_path = int(stage), Path(tmp)
+
+    tiny = str(build_tiny_qwen2(tmp_path / "tiny"))
+    reward = write_reward(tmp_path / "r.py", "def f(responses, answers):\n    return [float(len(r) % 2 == 0) for r in responses]\n")
+    rollout = RolloutCallback(
+        engine="vllm", engine_kwargs={"max_model_len": 256, "kv_cache_gb": 0.25}, n=4, max_new_tokens=8,
+        reward_fn=f"{reward}:f", max_refill_tries=3,
+    )
+    check = CheckEngineAfterZeroStep(rollout)
+    model = AEPOModule(model_path=tiny, lr=5e-2, mini_batch_size=8, micro_batch_size=4, grad_clip=0.0)
+    data = PromptDataModule(path=write_prompts(tmp_path / "p.jsonl"), tokenizer_path=tiny, batch_size=2, max_prompt_length=96)
+    pl.Trainer(
+        accelerator="cpu",
+        strategy=CPUDeepSpeedStrategy(stage=stage),
+        max_steps=1,
+        logger=False,
+        callbacks=[rollout, DynamicKLCallback(), check],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(model, data)
+    r = check.results
+    return {
+        "rollout_size": r["rollout_size"],
+        "sync_gap": float((r["engine_after"] - r["trainer_after"]).abs().max()),
+        "step_change": float((r["engine_after"] - r["before"]).abs().max()),
+        "partitioned": bool(r["partitioned"]),
+        "ref_partitioned": bool(r["ref_partitioned"]),
+    }
+
+
+def run_hf_under_zero3(tmp: str) -> dict:
+    from ares_lit.models.tiny import build_tiny_qwen2
+
+    tmp_path = Path(tmp)
+    tiny = str(build_tiny_qwen2(tmp_path / "tiny"))
+    data = PromptDataModule(path=write_prompts(tmp_path / "p.jsonl"), tokenizer_path=tiny, batch_size=2, max_prompt_length=96)
+    trainer = pl.Trainer(
+        accelerator="cpu", strategy=CPUDeepSpeedStrategy(stage=3), max_steps=1, logger=False,
+        callbacks=[RolloutCallback(engine="hf", n=2, max_new_tokens=4)], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    try:
+        trainer.fit(AEPOModule(model_path=tiny, mini_batch_size=4, micro_batch_size=4), data)
+    except ValueError as err:
+        return {"error": str(err)}
+    return {"error": ""}
