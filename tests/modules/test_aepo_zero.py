@@ -79,7 +79,7 @@ def run_zero_step(stage: str, tmp: str) -> dict:
         reward_fn=f"{reward}:f", max_refill_tries=3,
     )
     check = CheckEngineAfterZeroStep(rollout)
-    model = AEPOModule(model_path=tiny, lr=5e-2, mini_batch_size=8, micro_batch_size=4, grad_clip=0.0)
+    model = AEPOModule(model_path=tiny, lr=5e-2, mini_batch_size=8, micro_batch_size=4, grad_clip=0.0, export_dir="")
     data = PromptDataModule(path=write_prompts(tmp_path / "p.jsonl"), tokenizer_path=tiny, batch_size=2, max_prompt_length=96)
     pl.Trainer(
         accelerator="cpu",
@@ -113,7 +113,7 @@ def run_hf_under_zero3(tmp: str) -> dict:
         enable_progress_bar=False, enable_model_summary=False,
     )
     try:
-        trainer.fit(AEPOModule(model_path=tiny, mini_batch_size=4, micro_batch_size=4), data)
+        trainer.fit(AEPOModule(model_path=tiny, mini_batch_size=4, micro_batch_size=4, export_dir=""), data)
     except ValueError as err:
         return {"error": str(err)}
     return {"error": ""}
