@@ -24,7 +24,7 @@ from ares_lit.distributed import world_max
 from ares_lit.batch import RolloutBatch
 from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, aggregate, kl_estimate, policy_loss
 from ares_lit.modules.policy import DTYPES, load_policy, load_pretrained
-from ares_lit.modules.zero import hf_zero3_loading, param_shape, shard_for_inference, unpartitioned, zero3_enabled
+from ares_lit.modules.zero import adamw, hf_zero3_loading, param_shape, shard_for_inference, unpartitioned, zero3_enabled
 from ares_lit.modules.export import export_at_fit_end, export_hf
 from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, response_logprobs
 
@@ -155,7 +155,8 @@ class AEPOModule(pl.LightningModule):
         for name, p in self.policy.named_parameters():
             if p.requires_grad:  # param_shape: a ZeRO-3 shard is 1-D; its real shape is ds_shape
                 (no_decay if len(param_shape(p)) < 2 or "norm" in name.lower() else decay).append(p)
-        opt = torch.optim.AdamW(
+        opt = adamw(
+            self._trainer.strategy if self._trainer is not None else None,
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr,
         )

@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ares_lit.core import KL_KINDS, kl_estimate
 from ares_lit.modules.policy import DTYPES, load_policy, load_pretrained
-from ares_lit.modules.zero import hf_zero3_loading, param_shape, unpartitioned
+from ares_lit.modules.zero import adamw, hf_zero3_loading, param_shape, unpartitioned
 from ares_lit.modules.export import export_at_fit_end, export_hf
 from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, _vocab_rows, chunk_logprobs, decoder_hidden, tokens_per_chunk
 
@@ -177,7 +177,8 @@ class AdaptiveColdstartModule(pl.LightningModule):
         for name, p in self.policy.named_parameters():
             if p.requires_grad:  # param_shape: a ZeRO-3 shard is 1-D; its real shape is ds_shape
                 (no_decay if len(param_shape(p)) < 2 or "norm" in name.lower() else decay).append(p)
-        opt = torch.optim.AdamW(
+        opt = adamw(
+            self._trainer.strategy if self._trainer is not None else None,
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=hp.lr,
             betas=tuple(hp.adam_betas),

@@ -22,7 +22,16 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["zero3_enabled", "hf_zero3_loading", "unpartitioned", "param_shape", "gathered_state_dict"]
+__all__ = [
+    "zero3_enabled",
+    "hf_zero3_loading",
+    "unpartitioned",
+    "param_shape",
+    "gathered_state_dict",
+    "shard_for_inference",
+    "gathered_parameters",
+    "same_count_on_all_ranks",
+]
 
 
 def zero3_enabled(strategy) -> bool:
@@ -136,3 +145,41 @@ def gathered_parameters(model: torch.nn.Module, enabled: bool) -> Iterator[tuple
             yield name, full
         else:
             yield name, p.detach()
+
+
+def same_count_on_all_ranks(count: int, module: torch.nn.Module, device: torch.device) -> int:
+    """The largest `count` over all ranks when `module` has ZeRO-3-sharded parameters, else `count`.
+
+    Each call of a sharded module gathers its parameters, a collective: every rank must call it
+    equally often, or the ranks hang (NCCL) or abort (gloo: "collective mismatch"). A loop over
+    a per-rank number of chunks (e.g. LM-head chunks of a rank's response tokens) runs this many
+    iterations instead, with empty chunks at the end on ranks that have fewer.
+    """
+    import torch.distributed as dist
+
+    sharded = any(hasattr(p, "ds_id") for p in module.parameters())
+    if not sharded or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return count
+    t = torch.tensor([count], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def adamw(strategy, param_groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """AdamW for both stages: DeepSpeed's CPU Adam when ZeRO offloads the optimizer, else torch's.
+
+    ZeRO-Offload steps the optimizer on the CPU and refuses a client torch optimizer (it would be
+    slow); `DeepSpeedCPUAdam(adamw_mode=True)` is the same update, vectorised (its op is compiled
+    once into TORCH_EXTENSIONS_DIR).
+    """
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    offload = False
+    if isinstance(strategy, DeepSpeedStrategy) and isinstance(strategy.config, dict):
+        device = strategy.config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+        offload = device not in (None, "none")
+    if offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(param_groups, lr=lr, betas=betas, adamw_mode=True)
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas)

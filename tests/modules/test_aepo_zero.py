@@ -53,9 +53,10 @@ def _in_subprocess(fn: str, *args) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [2, 3, "3-offload"])
 def test_weight_sync_after_step_under_zero(tmp_path, stage):
     r = _in_subprocess("run_zero_step", stage, tmp_path)
+    stage = 3 if stage == "3-offload" else stage
     assert r["rollout_size"] > 0
     assert r["sync_gap"] < 2e-3, r
     assert r["step_change"] > 0.05, r
@@ -70,7 +71,8 @@ def test_hf_engine_is_refused_under_zero3(tmp_path):
 def run_zero_step(stage: str, tmp: str) -> dict:
     from ares_lit.models.tiny import build_tiny_qwen2
 
-    stage, tmp_path = int(stage), Path(tmp)
+    offload = stage.endswith("-offload")
+    stage, tmp_path = int(stage.split("-")[0]), Path(tmp)
 
     tiny = str(build_tiny_qwen2(tmp_path / "tiny"))
     reward = write_reward(tmp_path / "r.py", "def f(responses, answers):\n    return [float(len(r) % 2 == 0) for r in responses]\n")
@@ -83,7 +85,7 @@ def run_zero_step(stage: str, tmp: str) -> dict:
     data = PromptDataModule(path=write_prompts(tmp_path / "p.jsonl"), tokenizer_path=tiny, batch_size=2, max_prompt_length=96)
     pl.Trainer(
         accelerator="cpu",
-        strategy=CPUDeepSpeedStrategy(stage=stage),
+        strategy=CPUDeepSpeedStrategy(stage=stage, offload_optimizer=offload, offload_parameters=offload),
         max_steps=1,
         logger=False,
         callbacks=[rollout, DynamicKLCallback(), check],
