@@ -37,6 +37,8 @@ def slurm_active(trainer: pl.Trainer) -> bool:
     """
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
+    if os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return False
     env = getattr(trainer.strategy, "cluster_environment", None)
     if env is not None:
         return isinstance(env, SLURMEnvironment) and "SLURM_NTASKS" in os.environ

@@ -24,6 +24,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ares_lit.batch import RolloutBatch
+from ares_lit.distributed import world_max
 from ares_lit.modules.zero import gathered_parameters, zero3_enabled
 from ares_lit.core import (
     BUCKET_NAMES,
@@ -310,7 +311,9 @@ class RolloutCallback(pl.Callback):
             groups = kept[: len(prompts)]
         self.totals["groups_dropped"] += dropped
         self.totals["refill_rounds"] += refills
-        if not groups:
+        # Skipping a step is a decision all ranks share: a rank left without groups while others
+        # have some still takes part in every collective of the step (τ, targets, ZeRO-3 forwards).
+        if world_max(len(groups)) == 0:
             self.totals["empty_steps"] += 1
             self._consecutive_empty += 1
             if self._consecutive_empty >= self.max_empty_steps:
@@ -324,7 +327,25 @@ class RolloutCallback(pl.Callback):
             pl_module.log("rollout/empty_steps", float(self.totals["empty_steps"]), on_step=True)
             return
         self._consecutive_empty = 0
+        if not groups:
+            self._take_part_without_rollouts(pl_module, dm)
+            batch["rollout"] = None
+            return
+        self._consecutive_empty = 0
         batch["rollout"] = self._finish(pl_module, dm, groups, timings, dropped, refills)
+
+    def _take_part_without_rollouts(self, pl_module, dm) -> None:
+        """This rank kept no group but others did: run the step's collectives with no rows of its own."""
+        from ares_lit.distributed import all_gather_cat
+
+        # The same collectives, in the same order, as `_finish`.
+        pl_module.score(pl_module.policy, None, None, 0, self.temperature, True)
+        if pl_module.reference is not None:
+            pl_module.score(pl_module.reference, None, None, 0, self.temperature)
+        empty = torch.zeros(0, 1, device=pl_module.device)
+        tau_batch = self.hwe.from_quantiles(all_gather_cat(self.hwe.quantiles(empty, empty.bool())))
+        self.hwe.update(tau_batch)
+        dm.tracker.update_targets(torch.zeros(0), torch.zeros(0, dtype=torch.long))
 
     # ------------------------------------------------------------------ pieces
     def _sample(self, prompts: list[dict], seed: int) -> list[dict]:

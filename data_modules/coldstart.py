@@ -805,7 +805,10 @@ class ColdstartDataModule(LightningDataModule):
 
     def _log_report(self) -> None:
         trainer = getattr(self, "trainer", None)
-        if trainer is None or not trainer.is_global_zero:
+        if trainer is None:
+            return
+        log_dir = trainer.log_dir  # a collective (broadcast) in Lightning: every rank must ask
+        if not trainer.is_global_zero:
             return
         rep = self.report
         print(
@@ -814,9 +817,9 @@ class ColdstartDataModule(LightningDataModule):
             + ", ".join(f"{s}={v['L0']:.1f}/{v['L1']:.1f}" for s, v in rep["sources"].items()),
             flush=True,
         )
-        if trainer.log_dir:
-            os.makedirs(trainer.log_dir, exist_ok=True)
-            Path(trainer.log_dir, "curation_report.json").write_text(json.dumps(rep, indent=2), encoding="utf-8")
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            Path(log_dir, "curation_report.json").write_text(json.dumps(rep, indent=2), encoding="utf-8")
         writer = _tensorboard(trainer)
         if writer is None:
             return

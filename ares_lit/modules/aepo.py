@@ -135,6 +135,9 @@ class AEPOModule(pl.LightningModule):
             # DeepSpeed wants a micro-batch size (for its throughput logs); the prompt loader has no
             # batch_sampler for Lightning to read it from, so give it ours.
             strategy.config.setdefault("train_micro_batch_size_per_gpu", self.hparams.micro_batch_size)
+            # Lightning's clip_gradients is a no-op under DeepSpeed: its engine clips, from its config.
+            if self.hparams.grad_clip > 0:
+                strategy.config["gradient_clipping"] = self.hparams.grad_clip
 
     @property
     def reference(self) -> torch.nn.Module | None:
@@ -254,6 +257,7 @@ class AEPOModule(pl.LightningModule):
                 planned = min(hp.mini_batch_size, n_max - mb_start)
                 for mc_start in range(0, planned, hp.micro_batch_size):
                     rows = mini[mc_start : mc_start + hp.micro_batch_size]
+                    self._accumulation_boundary(mc_start + hp.micro_batch_size >= planned)
                     if rows.numel() == 0:  # this rank has run out of rows: keep the collective count
                         micro, r_len, temp = self._dummy_micro(rollout)
                         loss, _, _ = self._micro_loss(micro, r_len, temp, 1.0)
@@ -271,10 +275,13 @@ class AEPOModule(pl.LightningModule):
                         onehot = torch.nn.functional.one_hot(micro["bucket"], NUM_BUCKETS).to(torch.float64)
                         kl_sum += onehot.T @ (kl_tok.detach().double() * outside).sum(-1)
                         kl_cnt += onehot.T @ outside.sum(-1).double()
-                grad_norm = self._grad_norm()
-                if hp.grad_clip > 0:
+                engine = self._deepspeed_engine()
+                grad_norm = self._grad_norm() if engine is None else 0.0
+                if hp.grad_clip > 0 and engine is None:
                     self.clip_gradients(opt, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
                 opt.step()
+                if engine is not None:  # ZeRO shards the gradients; the engine knows their global norm
+                    grad_norm = float(engine.get_global_grad_norm() or 0.0)
                 opt.zero_grad(set_to_none=True)
                 sched.step()
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
@@ -289,6 +296,16 @@ class AEPOModule(pl.LightningModule):
         self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False)
         self.log("train/pg_loss", pg, prog_bar=True, on_step=True, on_epoch=False)
         return None
+
+    def _deepspeed_engine(self):
+        return getattr(self._trainer.strategy, "deepspeed_engine", None) if self._trainer is not None else None
+
+    def _accumulation_boundary(self, last: bool) -> None:
+        """Tell DeepSpeed whether this backward ends the mini-batch: ZeRO-2 otherwise reduces and
+        overwrites the gradients at every micro-batch, keeping only the last one's."""
+        engine = self._deepspeed_engine()
+        if engine is not None:
+            engine.set_gradient_accumulation_boundary(last)
 
     def _zero_kl_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.zeros(NUM_BUCKETS, device=self.device, dtype=torch.float64)

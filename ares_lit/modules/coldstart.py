@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ares_lit.core import KL_KINDS, kl_estimate
 from ares_lit.modules.policy import DTYPES, load_policy, load_pretrained
-from ares_lit.modules.zero import adamw, hf_zero3_loading, param_shape, unpartitioned
+from ares_lit.modules.zero import adamw, hf_zero3_loading, param_shape, same_count_on_all_ranks, unpartitioned
 from ares_lit.modules.export import export_at_fit_end, export_hf
 from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, _vocab_rows, chunk_logprobs, decoder_hidden, tokens_per_chunk
 
@@ -63,8 +63,11 @@ def label_logprobs(
     chunk = tokens_per_chunk(_vocab_rows(head), budget_bytes)
     grad = torch.is_grad_enabled() and flat_h.requires_grad
     parts = []
-    for start in range(0, flat_h.shape[0], chunk):
-        hc, tc = flat_h[start : start + chunk], flat_t[start : start + chunk]
+    # Under multi-rank ZeRO-3 every LM-head call is a collective: all ranks run the same number of
+    # chunks (the last ones empty on ranks with fewer labelled tokens).
+    chunks = same_count_on_all_ranks(-(-flat_h.shape[0] // chunk), head, flat_h.device)
+    for c in range(chunks):
+        hc, tc = flat_h[c * chunk : (c + 1) * chunk], flat_t[c * chunk : (c + 1) * chunk]
         if grad:
             parts.append(checkpoint(chunk_logprobs, head, hc, tc, 1.0, use_reentrant=False))
         else:

@@ -47,10 +47,12 @@ def export_hf(
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    use_cache = model.config.use_cache
-    model.config.use_cache = True  # inference default for whoever loads the folder
+    # Inference default for whoever loads the folder (a VL model keeps use_cache in its text config).
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    use_cache = getattr(config, "use_cache", False)
+    config.use_cache = True
     model.save_pretrained(str(target), safe_serialization=True, state_dict=state_dict)
-    model.config.use_cache = use_cache
+    config.use_cache = use_cache
     tokenizer.save_pretrained(str(target))
     if source is not None:
         save_image_processor(source, target)

@@ -167,8 +167,13 @@ def response_logprobs(
     rows = tokens_per_chunk(_vocab_rows(head), budget_bytes)
     grad = torch.is_grad_enabled() and flat_h.requires_grad
     logps, ents = [], []
-    for start in range(0, flat_h.shape[0], rows):
-        hc, tc = flat_h[start : start + rows], flat_t[start : start + rows]
+    # Under multi-rank ZeRO-3 every LM-head call is a collective: all ranks run the same number of
+    # chunks (the last ones empty on ranks with fewer tokens).
+    from ares_lit.modules.zero import same_count_on_all_ranks
+
+    chunks = same_count_on_all_ranks(-(-flat_h.shape[0] // rows), head, flat_h.device)
+    for c in range(chunks):
+        hc, tc = flat_h[c * rows : (c + 1) * rows], flat_t[c * rows : (c + 1) * rows]
         if grad:
             logps.append(checkpoint(chunk_logprobs, head, hc, tc, temperature, banned, use_reentrant=False))
             if with_entropy:

@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO-3 and Hugging Face models: loading into shards, building unsharded copies, gathering.
 
 Under `DeepSpeedStrategy(stage=3)` Lightning runs `configure_model` inside `deepspeed.zero.Init`,
-so every parameter is partitioned the moment its module is built. Three consequences, one helper each:
+so every parameter is partitioned the moment its module is built. What follows from that, one helper each:
 
 - `hf_zero3_loading`: `from_pretrained` must know about it, or it writes the checkpoint into
   empty shards (an IndexError, or silently random weights). transformers loads shard-aware while
@@ -11,6 +11,10 @@ so every parameter is partitioned the moment its module is built. Three conseque
 - `param_shape` / `gathered_state_dict`: a partitioned parameter has shape [0]; its real shape is
   `ds_shape`, and reading its values (the final export) needs a gather, one parameter at a time
   so that no rank ever holds the whole model.
+- `shard_for_inference`: the AEPO reference, partitioned for forward passes only (no optimizer).
+- `gathered_parameters`: weight sync into the rollout engine, one gathered parameter at a time.
+- `same_count_on_all_ranks`: each call of a sharded module is a collective, so a loop over a
+  per-rank number of chunks must run the same number of times on every rank.
 
 Everything here is a no-op without ZeRO-3, and imports DeepSpeed only under it.
 """

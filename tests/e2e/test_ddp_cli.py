@@ -76,3 +76,41 @@ def test_two_ranks_share_one_controller_state(tmp_path):
         assert shared["hwe"]["num_updates"] == s0["step"]
         assert shared["hwe"]["value"] is not None
     assert any(k != 0.01 for k in rank0[-1]["shared"]["kappa"])
+
+
+RANK_REWARD = '''
+import os
+
+def parity_on_rank0(responses, answers):
+    # Rank 1 gets no signal at all: every one of its groups is dropped, every step.
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return [0.0 for _ in responses]
+    return [1.0 if len(r) % 2 == 0 else 0.0 for r in responses]
+'''
+
+
+def test_a_rank_without_rollouts_takes_part_and_the_run_completes(tmp_path):
+    """One rank keeps groups, the other drops them all: no hang, and the state still agrees."""
+    dump = (
+        "    - class_path: tests.e2e.ddp_state_dump.ControllerStateDump\n"
+        f"      init_args: {{out_dir: {tmp_path / 'state'}}}"
+    )
+    overlay = write_overlay(tmp_path, "hf", steps=STEPS, extra_callbacks=dump)
+    reward = tmp_path / "rank_reward.py"
+    reward.write_text(RANK_REWARD)
+    overlay.write_text(overlay.read_text().replace(f"{tmp_path / 'reward.py'}:parity", f"{reward}:parity_on_rank0"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ARES_LIT_CACHE": str(tmp_path.parent / "ares_cache")}
+    cmd = [
+        sys.executable, "-m", "ares_lit", "fit",
+        "--config", str(ROOT / "configs/aepo.yaml"), "--config", str(overlay),
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    rank0 = read_lines(tmp_path / "state" / "state_rank0.jsonl")
+    rank1 = read_lines(tmp_path / "state" / "state_rank1.jsonl")
+    assert len(rank0) == len(rank1) == STEPS
+    for s0, s1 in zip(rank0, rank1):
+        assert s0["shared"] == s1["shared"]
+        assert s0["local"]["n_hwe"] and not s1["local"]["n_hwe"]  # rank 1 had no rollouts
+        assert s0["shared"]["hwe"]["num_updates"] == s0["step"]

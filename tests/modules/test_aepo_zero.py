@@ -119,3 +119,47 @@ def run_hf_under_zero3(tmp: str) -> dict:
     except ValueError as err:
         return {"error": str(err)}
     return {"error": ""}
+
+
+def test_zero2_micro_batches_add_up_to_the_mini_batch(tmp_path):
+    """One update from 2 micro-batches of 4 equals one from a single micro-batch of 8 under ZeRO-2
+    (without an accumulation boundary per mini-batch, ZeRO-2 keeps only the last micro-batch)."""
+    whole = _in_subprocess("run_zero2_update", 8, tmp_path / "whole")
+    split = _in_subprocess("run_zero2_update", 4, tmp_path / "split")
+    assert whole["rollout_size"] == split["rollout_size"] == 8
+    assert whole["delta"] > 1e-3  # the step moved the weights
+    assert max(abs(a - b) for a, b in zip(whole["weights"], split["weights"])) < 1e-3  # sums of whole tensors
+
+
+def run_zero2_update(micro: str, tmp: str) -> dict:
+    from ares_lit.models.tiny import build_tiny_qwen2
+
+    tmp_path = Path(tmp)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    tiny = str(build_tiny_qwen2(tmp_path / "tiny"))
+    reward = write_reward(tmp_path / "r.py", "def f(responses, answers):\n    return [float(len(r) % 2 == 0) for r in responses]\n")
+    rollout = RolloutCallback(engine="hf", n=4, max_new_tokens=8, reward_fn=f"{reward}:f", filter_groups=False)
+    model = AEPOModule(
+        model_path=tiny, lr=1e-2, mini_batch_size=8, micro_batch_size=int(micro), grad_clip=0.0, export_dir="", use_kl_loss=False
+    )
+    data = PromptDataModule(path=write_prompts(tmp_path / "p.jsonl"), tokenizer_path=tiny, batch_size=2, max_prompt_length=96)
+    sizes = []
+
+    class Size(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            sizes.append(batch["rollout"].size)
+
+    pl.Trainer(
+        accelerator="cpu", strategy=CPUDeepSpeedStrategy(stage=2), max_steps=1, logger=False,
+        callbacks=[rollout, Size()], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    ).fit(model, data)
+    from transformers import AutoModelForCausalLM
+
+    start = AutoModelForCausalLM.from_pretrained(tiny).state_dict()
+    after = {n: p.detach().float().cpu() for n, p in model.policy.named_parameters()}
+    names = sorted(after)
+    return {
+        "rollout_size": sizes[0],
+        "delta": max(float((after[n] - start[n]).abs().max()) for n in names),
+        "weights": [float(after[n].double().sum()) for n in names],
+    }

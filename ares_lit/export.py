@@ -1,0 +1,153 @@
+"""`python -m ares_lit.export`: a training checkpoint -> a Hugging Face folder that transformers and vLLM load.
+
+    python -m ares_lit.export --checkpoint runs/aepo/version_0/checkpoints/last.ckpt --output_dir hf_step250
+
+The checkpoint is either a Lightning `.ckpt` file (single device, DDP) or the folder that
+DeepSpeed writes in its place (`last.ckpt/` holding `latest` and `checkpoint/*_states.pt`, ZeRO-2
+or ZeRO-3 shards from every rank). ZeRO shards are merged with DeepSpeed's `zero_to_fp32` (the
+fp32 master weights) and cast to the run's `model.dtype`. The model's architecture, tokenizer and
+(for Qwen2.5-VL) image processor come from the run's `model_path`, which the checkpoint's
+hyper-parameters name; `--model_path` overrides it (e.g. when the run used a folder that moved).
+
+Only load checkpoints you trust: Lightning checkpoints are pickles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["export_checkpoint", "load_checkpoint", "main"]
+
+_PREFIX = "policy."
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _deepspeed_checkpoint(path: Path) -> dict[str, Any]:
+    """Lightning's checkpoint dict from a DeepSpeed folder, with the merged fp32 weights as `state_dict`."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint, get_model_state_file, get_optim_files
+    from lightning.pytorch.utilities.deepspeed import ds_checkpoint_dir
+
+    if not (path / "latest").is_file():
+        raise ValueError(
+            f"{path} is a folder but not a DeepSpeed checkpoint (it has no 'latest' file); pass a Lightning .ckpt file "
+            "or the folder DeepSpeed writes in its place (e.g. .../checkpoints/last.ckpt/)"
+        )
+    tag_dir = ds_checkpoint_dir(str(path))
+    optim = torch.load(get_optim_files(tag_dir)[0], map_location="cpu", weights_only=False)
+    zero_stage = optim["optimizer_state_dict"]["zero_stage"]
+    del optim
+    # Lightning's state (hyper-parameters, loops, callbacks) travels as DeepSpeed "client state" in rank 0's file.
+    client = torch.load(get_model_state_file(tag_dir, zero_stage), map_location="cpu", weights_only=False)
+    deepspeed_keys = ("module", "optimizer", "lr_scheduler", "csr_tensor_module_names", "skipped_steps",
+                      "global_steps", "dp_world_size", "mp_world_size")
+    checkpoint = {k: v for k, v in client.items() if k not in deepspeed_keys}
+    state_dict = get_fp32_state_dict_from_zero_checkpoint(str(path))
+    checkpoint["state_dict"] = {k.removeprefix("_forward_module."): v for k, v in state_dict.items()}
+    checkpoint["zero_stage"] = int(zero_stage)
+    return checkpoint
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dict (`state_dict`, `hyper_parameters`, ...) of a .ckpt file or a DeepSpeed folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir():
+        return _deepspeed_checkpoint(path)
+    try:
+        # mmap: a 7B checkpoint is not read into memory twice; weights_only=False: Lightning pickles hparams.
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"cannot read {str(path)!r} as a PyTorch/Lightning checkpoint: {err}") from err
+
+
+def _policy_state_dict(checkpoint: Any, path: str) -> dict[str, torch.Tensor]:
+    state_dict = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path!r} is not a Lightning checkpoint (it has no 'state_dict')")
+    policy = {k[len(_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_PREFIX)}
+    if not policy:
+        sample = ", ".join(list(state_dict)[:3]) or "none"
+        raise ValueError(
+            f"{path!r} is not an ares_lit checkpoint: it has no '{_PREFIX}*' weights (keys start like: {sample}); "
+            "it must come from AdaptiveColdstartModule or AEPOModule"
+        )
+    return policy
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike, output_dir: str | os.PathLike, model_path: str | None = None, dtype: str = "auto"
+) -> Path:
+    """Write the checkpoint's policy as an HF folder (weights, config, tokenizer, image processor).
+
+    Args:
+        checkpoint: a Lightning .ckpt file or a DeepSpeed checkpoint folder.
+        output_dir: the HF folder to write.
+        model_path: the run's model (folder, builtin or hub name); None = the checkpoint's hyper-parameters.
+        dtype: weights dtype; "auto" = the run's `model.dtype` (float32 when unknown).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
+
+    from ares_lit.models.resolve import resolve_model_path
+    from ares_lit.modules.export import export_hf
+    from ares_lit.vision import is_vision_language
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"--dtype must be one of {_DTYPES}; got {dtype!r}")
+    ckpt = load_checkpoint(checkpoint)
+    weights = _policy_state_dict(ckpt, str(checkpoint))
+    hparams = ckpt.get("hyper_parameters") or {}
+    model_path = model_path or hparams.get("model_path")
+    if not model_path:
+        raise ValueError(f"{str(checkpoint)!r} does not record model.model_path; pass --model_path (the run's model)")
+    source = resolve_model_path(str(model_path))
+    if dtype == "auto":
+        dtype = hparams.get("dtype") or "float32"
+    torch_dtype = getattr(torch, dtype)
+
+    config = AutoConfig.from_pretrained(source)
+    cls = AutoModelForImageTextToText if is_vision_language(config) else AutoModelForCausalLM
+    with torch.device("meta"):  # the architecture only: every weight comes from the checkpoint
+        model = cls.from_config(config, dtype=torch_dtype)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = sorted(k for k in expected if k not in weights and k not in tied)
+    unexpected = sorted(k for k in weights if k not in expected)
+    wrong = sorted(k for k in weights if k in expected and tuple(weights[k].shape) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"the checkpoint's weights do not fit {model_path!r} ({cls.__name__}): missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, other shape {wrong[:5]}; pass the run's model with --model_path"
+        )
+    weights = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in weights.items()}
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(source)
+    except OSError:
+        pass  # a model without generation_config.json: transformers' defaults
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return export_hf(model, tokenizer, output_dir, "checkpoint's policy", state_dict=weights, source=source)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m ares_lit.export", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="a Lightning .ckpt file or a DeepSpeed checkpoint folder")
+    parser.add_argument("--output_dir", required=True, help="the Hugging Face folder to write")
+    parser.add_argument("--model_path", default=None, help="the run's model; default: the checkpoint's model.model_path")
+    parser.add_argument("--dtype", default="auto", choices=_DTYPES, help="weights dtype; auto = the run's model.dtype")
+    args = parser.parse_args(argv)
+    try:
+        export_checkpoint(args.checkpoint, args.output_dir, args.model_path, args.dtype)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()
