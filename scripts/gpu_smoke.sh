@@ -22,7 +22,7 @@ export ARES_LIT_CACHE=${ARES_LIT_CACHE:-$WORK/cache}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/ares_lit/torch_extensions}
 echo "[gpu_smoke] work dir: $WORK"
 
-echo "== 1/3 import check"
+echo "== 1/4 import check"
 "$PYTHON" - <<'EOF'
 import importlib
 import sys
@@ -57,7 +57,7 @@ if not torch.cuda.is_available():
 print(f"  GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
 EOF
 
-echo "== 2/3 two AEPO steps on DeepSpeed ZeRO-2, bf16"
+echo "== 2/4 two AEPO steps on DeepSpeed ZeRO-2, bf16"
 cat > "$WORK/reward.py" <<'EOF'
 def parity(responses, answers):
     """Mechanics-only reward: the tiny random model never answers, so score the response length's
@@ -144,7 +144,7 @@ for k, v in metrics.items():
 json.dump(metrics, open(f"{work}/metrics.json", "w"), indent=1)
 EOF
 
-echo "== 3/3 export the DeepSpeed checkpoint, reload it, generate on the GPU"
+echo "== 3/4 export the DeepSpeed checkpoint, reload it, generate on the GPU"
 SECONDS=0
 "$PYTHON" -m ares_lit.export --checkpoint "$WORK/ckpt/last.ckpt" --output_dir "$WORK/exported"
 SMOKE_WORK="$WORK" "$PYTHON" - <<'EOF'
@@ -165,4 +165,46 @@ print(f"[gpu_smoke] export: dtype {exported.dtype}, max |export - fit-end export
 assert diff < 1e-2, diff  # the checkpoint's fp32 master weights, cast to bf16, vs the bf16 module weights
 EOF
 echo "[gpu_smoke] export + reload + generate: ${SECONDS} s"
+
+echo "== 4/4 images: two AEPO steps of the tiny Qwen2.5-VL on builtin:visual, ZeRO-2, bf16 (SMOKE_VL=0 skips)"
+if [ "${SMOKE_VL:-1}" = "1" ]; then
+SMOKE_WORK="$WORK" "$PYTHON" - <<'EOF'
+import os
+import time
+
+import lightning.pytorch as pl
+import torch
+
+from ares_lit.launch import prepare_launch
+from ares_lit.modules.aepo import AEPOModule
+from callbacks.dynamic_kl import DynamicKLCallback
+from callbacks.rollout import RolloutCallback
+from data_modules.prompts import PromptDataModule
+
+work = os.environ["SMOKE_WORK"]
+steps = []
+
+
+class Record(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        r = batch["rollout"]
+        gap = r.metrics.get("rollout/engine_logprob_gap", float("nan"))
+        steps.append((r.size, sum(m is not None for m in r.multimodal or []), round(gap, 4)))
+
+
+model = AEPOModule(model_path="builtin:tiny-qwen2.5-vl", dtype="bfloat16", lr=1e-5, mini_batch_size=16,
+                   micro_batch_size=4, export_dir="")
+data = PromptDataModule(path="builtin:visual", builtin_size=32, batch_size=4, max_prompt_length=512, max_pixels=224 * 224)
+callbacks = [RolloutCallback(engine="hf", n=4, max_new_tokens=32, filter_groups=False, reward_fn=f"{work}/reward.py:parity"),
+             DynamicKLCallback(), Record()]
+trainer = pl.Trainer(accelerator="gpu", devices=1, strategy="deepspeed_stage_2", precision="bf16-mixed", max_steps=2,
+                     logger=False, callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=False)
+prepare_launch(trainer, data)
+t0 = time.perf_counter()
+trainer.fit(model, data)
+assert trainer.global_step == 2 and all(n_img == n for n, n_img, _ in steps), steps
+print(f"[gpu_smoke] VL: 2 steps in {time.perf_counter() - t0:.1f} s; per step (rollouts, rows with images, "
+      f"engine-trainer log-prob gap): {steps}; peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+EOF
+fi
 echo "[gpu_smoke] OK"

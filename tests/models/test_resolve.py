@@ -16,7 +16,21 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 
 def test_builtins_are_listed():
-    assert set(BUILTIN_MODELS) == {"builtin:smollm2-135m-instruct", "builtin:tiny-qwen2"}
+    assert set(BUILTIN_MODELS) == {"builtin:smollm2-135m-instruct", "builtin:tiny-qwen2", "builtin:tiny-qwen2.5-vl"}
+
+
+def test_tiny_vl_builtin_resolves_under_cache_and_is_a_vl_model(cache):
+    from transformers import AutoConfig
+
+    from ares_lit.vision import VisionProcessor, is_vision_language
+
+    path = resolve_model_path("builtin:tiny-qwen2.5-vl")
+    assert Path(path) == cache / "models" / "tiny-qwen2.5-vl"
+    config = AutoConfig.from_pretrained(path)
+    assert is_vision_language(config) and config.vision_config.depth == 2
+    proc = VisionProcessor.from_pretrained(path)
+    assert proc.tokenizer.convert_ids_to_tokens(config.image_token_id) == "<|image_pad|>"
+    assert proc.merge_size == 2 and proc.patch_size == 14
 
 
 def test_tiny_builtin_resolves_under_cache_and_loads(cache):
