@@ -171,11 +171,11 @@ class HFEngine(RolloutEngine):
         recorder = _SampledTokenLogprobs()
         # A clean config, so the checkpoint's generation_config (e.g. Qwen's top_k=20, repetition_penalty)
         # cannot leak into the sampling distribution; every warper above is ours and explicit.
+        # Sampling knobs only when sampling: greedy decoding with them set makes transformers warn.
+        knobs = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if do_sample else {"temperature": None, "top_k": None, "top_p": None}
         config = GenerationConfig(
             do_sample=do_sample,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
+            **knobs,
             max_new_tokens=max_new,
             eos_token_id=stop_ids,
             pad_token_id=self.pad_token_id,
