@@ -22,12 +22,16 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_two_ranks_share_one_controller_state(tmp_path):
+def overlay_with_state_dump(tmp_path: Path) -> Path:
     dump = (
         "    - class_path: tests.e2e.ddp_state_dump.ControllerStateDump\n"
         f"      init_args: {{out_dir: {tmp_path / 'state'}}}"
     )
-    overlay = write_overlay(tmp_path, "hf", steps=STEPS, extra_callbacks=dump)
+    return write_overlay(tmp_path, "hf", steps=STEPS, extra_callbacks=dump)
+
+
+def fit_two_ranks(tmp_path: Path, overlay: Path) -> None:
+    """`python -m ares_lit fit` with 2 DDP processes on the CPU (gloo)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ARES_LIT_CACHE": str(tmp_path.parent / "ares_cache")}
     cmd = [
         sys.executable, "-m", "ares_lit", "fit",
@@ -36,6 +40,11 @@ def test_two_ranks_share_one_controller_state(tmp_path):
     ]  # fmt: skip
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
+
+
+def test_two_ranks_share_one_controller_state(tmp_path):
+    overlay = overlay_with_state_dump(tmp_path)
+    fit_two_ranks(tmp_path, overlay)
 
     rank0 = read_lines(tmp_path / "state" / "state_rank0.jsonl")
     rank1 = read_lines(tmp_path / "state" / "state_rank1.jsonl")
@@ -91,22 +100,11 @@ def parity_on_rank0(responses, answers):
 
 def test_a_rank_without_rollouts_takes_part_and_the_run_completes(tmp_path):
     """One rank keeps groups, the other drops them all: no hang, and the state still agrees."""
-    dump = (
-        "    - class_path: tests.e2e.ddp_state_dump.ControllerStateDump\n"
-        f"      init_args: {{out_dir: {tmp_path / 'state'}}}"
-    )
-    overlay = write_overlay(tmp_path, "hf", steps=STEPS, extra_callbacks=dump)
+    overlay = overlay_with_state_dump(tmp_path)
     reward = tmp_path / "rank_reward.py"
     reward.write_text(RANK_REWARD)
     overlay.write_text(overlay.read_text().replace(f"{tmp_path / 'reward.py'}:parity", f"{reward}:parity_on_rank0"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ARES_LIT_CACHE": str(tmp_path.parent / "ares_cache")}
-    cmd = [
-        sys.executable, "-m", "ares_lit", "fit",
-        "--config", str(ROOT / "configs/aepo.yaml"), "--config", str(overlay),
-        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-    ]  # fmt: skip
-    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-4000:]
+    fit_two_ranks(tmp_path, overlay)
     rank0 = read_lines(tmp_path / "state" / "state_rank0.jsonl")
     rank1 = read_lines(tmp_path / "state" / "state_rank1.jsonl")
     assert len(rank0) == len(rank1) == STEPS
