@@ -132,9 +132,9 @@ class AEPOModule(pl.LightningModule):
 
         strategy = self.trainer.strategy
         if isinstance(strategy, DeepSpeedStrategy) and isinstance(strategy.config, dict):
-            # DeepSpeed wants a micro-batch size (for its throughput logs); the prompt loader has no
-            # batch_sampler for Lightning to read it from, so give it ours.
-            strategy.config.setdefault("train_micro_batch_size_per_gpu", self.hparams.micro_batch_size)
+            from ares_lit.launch import fill_deepspeed_batch_size
+
+            fill_deepspeed_batch_size(self.trainer, self.trainer.datamodule)  # also when fit is called from Python
             # Lightning's clip_gradients is a no-op under DeepSpeed: its engine clips, from its config.
             if self.hparams.grad_clip > 0:
                 strategy.config["gradient_clipping"] = self.hparams.grad_clip
