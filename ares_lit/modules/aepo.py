@@ -23,8 +23,8 @@ from ares_lit.distributed import world_max
 
 from ares_lit.batch import RolloutBatch
 from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, aggregate, kl_estimate, policy_loss
-from ares_lit.modules.policy import DTYPES, load_policy, load_pretrained
-from ares_lit.modules.zero import adamw, hf_zero3_loading, param_shape, shard_for_inference, unpartitioned, zero3_enabled
+from ares_lit.modules.policy import DTYPES, load_policy
+from ares_lit.modules.zero import adamw, param_shape, shard_for_inference, zero3_enabled
 from ares_lit.modules.export import export_at_fit_end, export_hf
 from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, response_logprobs
 
@@ -114,18 +114,13 @@ class AEPOModule(pl.LightningModule):
             return
         hp = self.hparams
         strategy = self._trainer.strategy if self._trainer is not None else None
-        with hf_zero3_loading(strategy):  # under ZeRO-3, load straight into shards (modules/zero.py)
-            path, self.tokenizer, self.policy, _ = load_policy(
-                hp.model_path, hp.dtype, hp.gradient_checkpointing, with_reference=False, freeze_vision=hp.freeze_vision
-            )
+        # The frozen reference is inference-only and outside DeepSpeed's engine: under ZeRO-3 it is
+        # loaded whole, then sharded for inference in on_fit_start.
+        path, self.tokenizer, self.policy, ref = load_policy(
+            hp.model_path, hp.dtype, hp.gradient_checkpointing, hp.use_kl_loss, hp.freeze_vision, strategy
+        )
         self.resolved_model_path = path
-        self._reference = []
-        if hp.use_kl_loss:
-            # The frozen reference is inference-only and outside DeepSpeed's engine: under ZeRO-3 it
-            # is built whole (not partitioned) on each rank; see on_fit_start for sharding it.
-            with unpartitioned(strategy):
-                ref = load_pretrained(path, DTYPES[hp.dtype])
-            self._reference = [ref.eval().requires_grad_(False)]
+        self._reference = [ref] if ref is not None else []
 
     def setup(self, stage: str) -> None:
         from lightning.pytorch.strategies import DeepSpeedStrategy

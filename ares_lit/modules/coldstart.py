@@ -31,8 +31,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ares_lit.core import KL_KINDS, kl_estimate
-from ares_lit.modules.policy import DTYPES, load_policy, load_pretrained
-from ares_lit.modules.zero import adamw, hf_zero3_loading, param_shape, same_count_on_all_ranks, unpartitioned
+from ares_lit.modules.policy import DTYPES, load_policy
+from ares_lit.modules.zero import adamw, param_shape, same_count_on_all_ranks
 from ares_lit.modules.export import export_at_fit_end, export_hf
 from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, _vocab_rows, chunk_logprobs, decoder_hidden, tokens_per_chunk
 
@@ -139,20 +139,12 @@ class AdaptiveColdstartModule(pl.LightningModule):
             return
         hp = self.hparams
         strategy = self._trainer.strategy if self._trainer is not None else None
-        with hf_zero3_loading(strategy):  # under ZeRO-3, load straight into shards (modules/zero.py)
-            path, self.tokenizer, self.policy, _ = load_policy(
-                hp.model_path,
-                hp.dtype,
-                hp.gradient_checkpointing,
-                with_reference=False,
-                freeze_vision=hp.freeze_vision,
-            )
+        # Under ZeRO-3 the policy loads into shards; the frozen reference is kept whole (modules/zero.py).
+        path, self.tokenizer, self.policy, ref = load_policy(
+            hp.model_path, hp.dtype, hp.gradient_checkpointing, hp.kl_betas is not None, hp.freeze_vision, strategy
+        )
         self.resolved_model_path = path
-        self._reference = []
-        if hp.kl_betas is not None:
-            with unpartitioned(strategy):  # DeepSpeed does not wrap the frozen reference: keep it whole
-                ref = load_pretrained(path, DTYPES[hp.dtype])
-            self._reference = [ref.eval().requires_grad_(False)]
+        self._reference = [ref] if ref is not None else []
 
     @property
     def reference(self) -> torch.nn.Module | None:

@@ -29,17 +29,28 @@ def freeze_vision_tower(model: torch.nn.Module) -> int:
 
 
 def load_policy(
-    model_path: str, dtype: str, gradient_checkpointing: bool, with_reference: bool, freeze_vision: bool = False
+    model_path: str,
+    dtype: str,
+    gradient_checkpointing: bool,
+    with_reference: bool,
+    freeze_vision: bool = False,
+    strategy=None,
 ):
-    """Resolve `model_path` and load (resolved path, tokenizer, trainable policy, frozen reference or None)."""
+    """Resolve `model_path` and load (resolved path, tokenizer, trainable policy, frozen reference or None).
+
+    Under a ZeRO-3 `strategy` (inside Lightning's `configure_model`) the policy loads straight into
+    shards, and the frozen reference, which DeepSpeed does not wrap, is built whole.
+    """
     from transformers import AutoTokenizer
 
     from ares_lit.models.resolve import resolve_model_path
+    from ares_lit.modules.zero import hf_zero3_loading, unpartitioned
 
     path = str(resolve_model_path(model_path))
     torch_dtype = DTYPES[dtype]
     tokenizer = AutoTokenizer.from_pretrained(path)
-    policy = load_pretrained(path, torch_dtype)
+    with hf_zero3_loading(strategy):
+        policy = load_pretrained(path, torch_dtype)
     policy.config.use_cache = False
     policy.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
     if freeze_vision:
@@ -48,6 +59,7 @@ def load_policy(
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = None
     if with_reference:
-        reference = load_pretrained(path, torch_dtype)
+        with unpartitioned(strategy):
+            reference = load_pretrained(path, torch_dtype)
         reference.eval().requires_grad_(False)
     return path, tokenizer, policy, reference
