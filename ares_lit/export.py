@@ -1,6 +1,7 @@
 """`python -m ares_lit.export`: a training checkpoint -> a Hugging Face folder that transformers and vLLM load.
 
     python -m ares_lit.export --checkpoint runs/aepo/version_0/checkpoints/last.ckpt --output_dir hf_step250
+    python -m ares_lit.export --local_dir runs/aepo/version_0/checkpoints     # -> .../checkpoints/huggingface
 
 The checkpoint is either a Lightning `.ckpt` file (single device, DDP) or the folder that
 DeepSpeed writes in its place (`last.ckpt/` holding `latest` and `checkpoint/*_states.pt`, ZeRO-2
@@ -8,6 +9,15 @@ or ZeRO-3 shards from every rank). ZeRO shards are merged with DeepSpeed's `zero
 fp32 master weights) and cast to the run's `model.dtype`. The model's architecture, tokenizer and
 (for Qwen2.5-VL) image processor come from the run's `model_path`, which the checkpoint's
 hyper-parameters name; `--model_path` overrides it (e.g. when the run used a folder that moved).
+
+`--local_dir D` is the seed release's spelling (`python scripts/model_merger.py --local_dir D`,
+which writes `D/huggingface`), instead of `--checkpoint`. D is one of
+  - a Lightning `.ckpt` file: exported to `<D's folder>/huggingface`;
+  - a DeepSpeed checkpoint folder (it has a `latest` file): exported to `D/huggingface`;
+  - a folder that holds checkpoints, directly or in its `checkpoints/` subfolder (a run's
+    `checkpoints/` folder, or its `version_N/` folder): `last.ckpt` if there is one, else the newest
+    `*.ckpt` (file or DeepSpeed folder), is exported to `D/huggingface`; the pick is printed.
+`--output_dir` overrides the `huggingface` default; with `--checkpoint` it is required.
 
 Only load checkpoints you trust: Lightning checkpoints are pickles.
 """
@@ -21,10 +31,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["export_checkpoint", "load_checkpoint", "main"]
+__all__ = ["export_checkpoint", "load_checkpoint", "main", "resolve_local_dir"]
 
 _PREFIX = "policy."
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+HF_SUBDIR = "huggingface"  # where the seed's model_merger.py (EasyR1) writes the merged model
 
 
 def _deepspeed_checkpoint(path: Path) -> dict[str, Any]:
@@ -133,18 +144,82 @@ def export_checkpoint(
     return export_hf(model, tokenizer, output_dir, "checkpoint's policy", state_dict=weights, source=source)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _is_deepspeed_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "latest").is_file()
+
+
+def _pick_checkpoint(folder: Path) -> Path | None:
+    """`last.ckpt` in `folder`, else its newest `*.ckpt` (a file or a DeepSpeed folder); None when it has none."""
+    last = folder / "last.ckpt"
+    if last.is_file() or _is_deepspeed_dir(last):
+        return last
+    candidates = [p for p in folder.glob("*.ckpt") if p.is_file() or _is_deepspeed_dir(p)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def resolve_local_dir(local_dir: str | os.PathLike) -> tuple[Path, Path, bool]:
+    """`--local_dir D` -> (the checkpoint to export, the default output folder, whether it was picked from a folder).
+
+    D is a `.ckpt` file (output: `<its folder>/huggingface`), a DeepSpeed checkpoint folder, or a folder
+    holding checkpoints directly or in `checkpoints/` (output: `D/huggingface`). Raises FileNotFoundError
+    for a missing D and ValueError for a folder without checkpoints; nothing is loaded.
+    """
+    path = Path(local_dir).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"--local_dir {str(path)!r} does not exist")
+    if path.is_file():
+        return path, path.parent / HF_SUBDIR, False
+    if _is_deepspeed_dir(path):
+        return path, path / HF_SUBDIR, False
+    for folder in (path, path / "checkpoints"):
+        picked = _pick_checkpoint(folder) if folder.is_dir() else None
+        if picked is not None:
+            return picked, path / HF_SUBDIR, True
+    raise ValueError(
+        f"--local_dir {str(path)!r} holds no checkpoint: it is not a DeepSpeed checkpoint folder (no 'latest' file) "
+        "and neither it nor its 'checkpoints/' subfolder has a *.ckpt; pass a .ckpt file, a DeepSpeed checkpoint "
+        "folder, or a run's checkpoints/ or version_N/ folder"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ares_lit.export", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--checkpoint", required=True, help="a Lightning .ckpt file or a DeepSpeed checkpoint folder")
-    parser.add_argument("--output_dir", required=True, help="the Hugging Face folder to write")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", default=None, help="a Lightning .ckpt file or a DeepSpeed checkpoint folder")
+    which.add_argument(
+        "--local_dir", default=None,
+        help="the seed's spelling: a .ckpt file, a DeepSpeed checkpoint folder, or a folder holding checkpoints "
+             "(a run's checkpoints/ or version_N/ folder: last.ckpt, else the newest *.ckpt); the output defaults "
+             f"to <local_dir>/{HF_SUBDIR} (<the .ckpt's folder>/{HF_SUBDIR} for a file)",
+    )
+    parser.add_argument(
+        "--output_dir", default=None,
+        help=f"the Hugging Face folder to write; required with --checkpoint; default with --local_dir: <local_dir>/{HF_SUBDIR}",
+    )
     parser.add_argument("--model_path", default=None, help="the run's model; default: the checkpoint's model.model_path")
     parser.add_argument("--dtype", default="auto", choices=_DTYPES, help="weights dtype; auto = the run's model.dtype")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.checkpoint is not None and args.output_dir is None:
+        parser.error("--output_dir is required with --checkpoint (or pass --local_dir, which defaults it to "
+                     f"<local_dir>/{HF_SUBDIR})")
     try:
-        export_checkpoint(args.checkpoint, args.output_dir, args.model_path, args.dtype)
+        checkpoint, output_dir = args.checkpoint, args.output_dir
+        if args.local_dir is not None:
+            checkpoint, default_output, picked = resolve_local_dir(args.local_dir)
+            if picked:
+                print(f"[ares_lit] --local_dir {args.local_dir}: exporting the checkpoint {checkpoint}", flush=True)
+            output_dir = output_dir or default_output
+        export_checkpoint(checkpoint, output_dir, args.model_path, args.dtype)
     except (FileNotFoundError, ValueError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
 

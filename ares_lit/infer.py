@@ -4,11 +4,17 @@
     python -m ares_lit.infer --model_path Qwen/Qwen2.5-VL-7B-Instruct --image_path chart.png \\
         --question "Which bar is tallest?" --do_sample --temperature 1.0 --top_p 0.99 --num_return_sequences 4
 
+The ARES release's spelling works too (`scripts/inference.sh` wraps it): `--do_sample` takes an
+optional value, so `--do_sample`, `--do_sample True` and `--do_sample False` all parse:
+
+    python -m ares_lit.infer --model_path M --image_path I --question Q --prompt P --max_tokens 16384 \\
+        --do_sample True --temperature 1.0 --top_p 0.95 --top_k 50 --num_return_sequences 1
+
 The prompt is the question plus the ARES reasoning suffix (`--prompt`; "" for none) through the
 model's chat template, images first (`ares_lit.prompting`). Generation goes through the rollout
 engines (`--engine hf`, transformers `generate`, or `vllm`), the same code that samples AEPO
-rollouts. Greedy unless `--do_sample`. Each response is printed, followed by its extracted
-`\\boxed{}` answer:
+rollouts. Greedy unless `--do_sample` (or `--do_sample True`). Each response is printed, followed
+by its extracted `\\boxed{}` answer:
 
     === response 1/4 (stop, 213 tokens) ===
     <think> ... </think> The tallest bar is \\boxed{C}.
@@ -28,6 +34,20 @@ __all__ = ["main", "run"]
 
 NO_ANSWER = "(no \\boxed{} answer)"
 
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+
+
+def _bool_value(text: str) -> bool:
+    """`--do_sample`'s optional value: true/false, 1/0, yes/no, any case (the ARES release passes `True`)."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected one of True/False, true/false, 1/0, yes/no; got {text!r}")
+
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -41,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=ARES_PROMPT_SUFFIX, help="suffix appended to the question; '' for none")
     p.add_argument("--system_prompt", default=None, help="an optional system message")
     p.add_argument("--max_tokens", type=int, default=512, help="maximum response length in tokens")
-    p.add_argument("--do_sample", action="store_true", help="sample (default: greedy)")
+    p.add_argument("--do_sample", nargs="?", const=True, default=False, type=_bool_value, metavar="BOOL",
+                   help="sample instead of greedy decoding; bare '--do_sample' means True, or pass a value: "
+                        "True/False (also true/false, 1/0, yes/no)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do_sample)")
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus mass (with --do_sample); 1 is off")
     p.add_argument("--top_k", type=int, default=-1, help="top-k (with --do_sample); -1 is off")
@@ -64,7 +86,10 @@ def _check(args: argparse.Namespace) -> None:
     if args.max_tokens < 1:
         raise ValueError(f"--max_tokens must be >= 1; got {args.max_tokens}")
     if args.do_sample and args.temperature <= 0:
-        raise ValueError(f"--temperature must be > 0 with --do_sample (leave --do_sample out for greedy); got {args.temperature}")
+        raise ValueError(
+            f"--temperature must be > 0 with --do_sample (for greedy: leave --do_sample out, or pass --do_sample False); "
+            f"got {args.temperature}"
+        )
     if not 0 < args.top_p <= 1:
         raise ValueError(f"--top_p must be in (0, 1]; got {args.top_p}")
     if args.top_k == 0 or args.top_k < -1:

@@ -171,6 +171,7 @@ class RolloutCallback(pl.Callback):
 
             self.reward_fn = load_reward_fn(reward_fn)  # a bad path fails before the model loads
         self.engine = None
+        self._module = None  # the module whose validation borrows the engine
         self.grader = None
         self.processor = None
         self._trigger_ids: torch.Tensor | None = None
@@ -187,6 +188,31 @@ class RolloutCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from ares_lit.grading import Grader
+
+        self._start_engine(trainer, pl_module)
+        self.grader = Grader(timeout=self.grade_timeout, answer_fallback=self.answer_fallback)
+        self._log_data_summary(trainer, trainer.datamodule)
+        if self.trigger_filter:
+            from ares_lit.triggers import DEFAULT_TRIGGER_WORDS, trigger_token_ids
+
+            words = self.trigger_words or DEFAULT_TRIGGER_WORDS
+            self._trigger_ids = trigger_token_ids(pl_module.tokenizer, words)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # `python -m ares_lit validate|test` never calls on_fit_start: the engine starts here.
+        if self.engine is None:
+            self._start_engine(trainer, pl_module)
+
+    on_test_start = on_validation_start
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Validation samples with the current policy: push its weights first."""
+        self.engine.load_weights(gathered_parameters(pl_module.policy, zero3_enabled(trainer.strategy)))
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def _start_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Build the rollout engine and hand it to the module's validation as `rollout_engine`."""
         from ares_lit.rollout import build_engine
 
         dm = trainer.datamodule
@@ -211,13 +237,8 @@ class RolloutCallback(pl.Callback):
                 )
             kwargs.setdefault("processor", self.processor)
             self.engine = build_engine("hf", model=pl_module.policy, tokenizer=pl_module.tokenizer, **kwargs)
-        self.grader = Grader(timeout=self.grade_timeout, answer_fallback=self.answer_fallback)
-        self._log_data_summary(trainer, dm)
-        if self.trigger_filter:
-            from ares_lit.triggers import DEFAULT_TRIGGER_WORDS, trigger_token_ids
-
-            words = self.trigger_words or DEFAULT_TRIGGER_WORDS
-            self._trigger_ids = trigger_token_ids(pl_module.tokenizer, words)
+        pl_module.rollout_engine = self.engine
+        self._module = pl_module
 
     def _vision_processor(self, pl_module, dm):
         """The VisionProcessor of a vision-language policy (the DataModule's when it has one), else None."""
@@ -265,6 +286,8 @@ class RolloutCallback(pl.Callback):
 
     def teardown_engine(self) -> None:
         if self.engine is not None:
+            if self._module is not None:
+                self._module.rollout_engine = None
             self.engine.close()
             self.engine = None
         if self.grader is not None:

@@ -28,20 +28,39 @@ Images are 112-224 px (16-64 Qwen2.5-VL vision tokens), small enough for the tin
 
 It is a mechanics set: it exercises images through both stages on tiny models, it does not
 show learning, and it is not a benchmark.
+
+Train and test splits (`split="train"` / `"test"`, `path: builtin:visual:test`). Problems are
+partitioned by a stable hash of their canonical JSON key, `json.dumps([question, scene],
+sort_keys=True)`: a problem is in the test split iff `int(sha1(key).hexdigest(), 16) % 5 == 0`
+(`split_of`). A train problem whose scene falls in the test split keeps drawing scenes from its
+own rng until it gets a train-split one, and a test problem draws until it gets a test-split
+problem not already in the set, so no train problem of any seed or size can equal a test problem:
+the split is disjoint by construction, not by luck. Most train problems are the ones drawn before
+the split existed. The test split has distinct problems, `TEST_SIZE` = 45 by default (5 per
+(level, kind); the smallest scene space, easy bar charts, holds 45,000 scenes).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLORS", "KINDS", "LEVELS", "generate_problems", "make_scene", "render", "write_jsonl"]
+__all__ = [
+    "COLORS", "KINDS", "LEVELS", "SOURCE", "SPLITS", "TEST_SIZE",
+    "generate_problems", "make_scene", "render", "split_of", "write_jsonl",
+]
 
 LEVELS = ("easy", "medium", "hard")
 KINDS = ("count", "bar", "length")
+SPLITS = ("train", "test")
+SOURCE = "builtin:visual"
+TEST_SIZE = 45  # 5 per (level, kind)
+_TEST_MODULUS = 5  # one problem in five is held out
+_MAX_DRAWS = 10_000  # a test problem is found in ~5 draws; this many misses means the space ran out
 
 # Saturated colours with r, g, b all different: never confused with the greys of white
 # background, gridlines, black axes or anti-aliased text.
@@ -289,40 +308,82 @@ def _check(name: str, values: tuple, allowed: tuple) -> tuple:
     return values
 
 
+def split_of(problem: dict) -> str:
+    """The split of a problem: "test" iff int(sha1(key).hexdigest(), 16) % 5 == 0, else "train",
+    where key = json.dumps([question, scene], sort_keys=True)."""
+    key = json.dumps([problem["question"], problem["scene"]], sort_keys=True)
+    return "test" if int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16) % _TEST_MODULUS == 0 else "train"
+
+
+def _draw(kind: str, level: str, rng: random.Random, split: str, taken: set[str]) -> tuple[dict, str, int]:
+    """(scene, question, answer) of the first scene drawn from rng that is in `split` and not taken."""
+    for _ in range(_MAX_DRAWS):
+        scene = make_scene(kind, level, rng)
+        question, answer = _question_answer(scene)
+        if split_of({"question": question, "scene": scene}) == split:
+            key = json.dumps([question, scene], sort_keys=True)
+            if key not in taken:
+                taken.add(key)
+                return scene, question, answer
+    raise ValueError(
+        f"builtin:visual found no new {split} problem of level {level!r}, kind {kind!r} in {_MAX_DRAWS} draws; "
+        f"ask for fewer test problems (TEST_SIZE={TEST_SIZE})"
+    )
+
+
 def generate_problems(
-    n: int, seed: int = 0, levels: Sequence[str] = LEVELS, kinds: Sequence[str] = KINDS, images: bool = True
+    n: int,
+    seed: int = 0,
+    levels: Sequence[str] = LEVELS,
+    kinds: Sequence[str] = KINDS,
+    images: bool = True,
+    split: str = "train",
 ) -> list[dict]:
-    """n problems as dicts with keys id, question, answer (a string), level, kind, scene, images.
+    """n problems of a split as dicts with keys id, question, answer (a string), level, kind, scene,
+    images, source.
 
     "images" is a list holding one RGB `PIL.Image` (or [] when `images=False`: scenes only).
-    Deterministic in (seed, index), independent of PYTHONHASHSEED. Ids are f"builtin-visual-{seed}-{i}".
+    Deterministic in (seed, index), independent of PYTHONHASHSEED: problem i draws scenes from its
+    own rng until one is in `split` (and, for the test split, not already drawn). Ids are
+    f"builtin-visual-{seed}-{i}" (train) and f"builtin-visual-test-{seed}-{i}" (test).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0; got {n}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
     levels = _check("levels", tuple(levels), LEVELS)
     kinds = _check("kinds", tuple(kinds), KINDS)
+    prefix = "builtin-visual-test" if split == "test" else "builtin-visual"
+    taken: set[str] = set()  # keys of the test problems so far: test problems are distinct
     problems = []
     for i in range(n):
         level = levels[i % len(levels)]
         kind = kinds[(i // len(levels)) % len(kinds)]
-        scene = make_scene(kind, level, random.Random(f"builtin-visual/{seed}/{i}"))
-        question, answer = _question_answer(scene)
+        rng = random.Random(f"{prefix}/{seed}/{i}")
+        # Train problems may repeat, so each one checks against nothing.
+        scene, question, answer = _draw(kind, level, rng, split, taken if split == "test" else set())
         problems.append(
             {
-                "id": f"builtin-visual-{seed}-{i}",
+                "id": f"{prefix}-{seed}-{i}",
                 "question": question,
                 "answer": str(answer),
                 "level": level,
                 "kind": kind,
                 "scene": scene,
                 "images": [render(scene)] if images else [],
+                "source": SOURCE,
             }
         )
     return problems
 
 
 def write_jsonl(
-    path: str | Path, n: int, seed: int = 0, levels: Sequence[str] = LEVELS, kinds: Sequence[str] = KINDS
+    path: str | Path,
+    n: int,
+    seed: int = 0,
+    levels: Sequence[str] = LEVELS,
+    kinds: Sequence[str] = KINDS,
+    split: str = "train",
 ) -> Path:
     """Write `generate_problems(...)` as JSON lines at path, each image as a PNG in `<stem>_images/`.
 
@@ -333,7 +394,7 @@ def write_jsonl(
     folder = path.parent / f"{path.stem}_images"
     folder.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
-        for row in generate_problems(n, seed, levels, kinds):
+        for row in generate_problems(n, seed, levels, kinds, split=split):
             names = []
             for k, image in enumerate(row["images"]):
                 name = f"{folder.name}/{row['id']}-{k}.png"

@@ -296,6 +296,9 @@ class ColdstartDataModule(LightningDataModule):
         group_batches: batches per length-sorting group (1 = no length grouping).
         seed: seed of the sampling across brackets and of the batch order.
         grade_timeout: seconds per graded candidate trace.
+        val_path: problems to validate on during fit (`trainer.val_check_interval`): a question/answer file
+            or name as PromptDataModule reads it (same question_key / answer_key), e.g. 'builtin:math:test'.
+        val_size: keep only the first val_size usable problems of val_path (0 = all).
     """
 
     def __init__(
@@ -327,9 +330,12 @@ class ColdstartDataModule(LightningDataModule):
         group_batches: int = 16,
         seed: int = 0,
         grade_timeout: float = 5.0,
+        val_path: str | None = None,
+        val_size: int = 0,
     ) -> None:
         super().__init__()
         for name, value, low in (
+            ("val_size", val_size, 0),
             ("size", size, 1),
             ("bracket_n", bracket_n, 1),
             ("max_length", max_length, 8),
@@ -359,6 +365,7 @@ class ColdstartDataModule(LightningDataModule):
         self._batches: list[list[int]] = []
         self._sampler: ResumableBatchSampler | None = None
         self._position = {"epoch": 0, "consumed": 0}
+        self.val_records: list[dict] = []
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
@@ -367,6 +374,7 @@ class ColdstartDataModule(LightningDataModule):
             return
         hp = self.hparams
         rows, unreadable, name, fingerprint = self._read()  # raises on bad keys, before any tokenizer
+        val = self._val_source()  # its columns are checked here too, before anything expensive
         tokenizer = self._load_tokenizer()
         if hp.image_key:
             self._load_processor()
@@ -394,6 +402,37 @@ class ColdstartDataModule(LightningDataModule):
                 f"{self._world()[0]} devices; lower data.batch_size or raise data.size"
             )
         self._log_report()
+        if val is not None:
+            val.tokenizer, val.processor = tokenizer, self.processor
+            val.setup("validate")
+            limit = hp.val_size or None
+            self.val_records = [dict(r, index=i) for i, r in enumerate(val.train_records[:limit])]
+
+    def _val_source(self):
+        """A PromptDataModule over val_path (columns checked now, rows read in setup), or None."""
+        hp = self.hparams
+        if not hp.val_path:
+            return None
+        from data_modules.prompts import PromptDataModule
+
+        val = PromptDataModule(
+            path=hp.val_path, tokenizer_path=hp.tokenizer_path, question_key=hp.question_key,
+            answer_key=hp.answer_key, image_key=None if hp.val_path.startswith("builtin:math") else hp.image_key,
+            min_pixels=hp.min_pixels, max_pixels=hp.max_pixels, prompt_suffix=hp.prompt_suffix,
+            system_prompt=hp.system_prompt, max_prompt_length=hp.max_length, batch_size=1, shuffle=False,
+        )
+        val._read(val.path)
+        return val
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation problems as prompt records ({"prompts": [...]}), in order; [] without val_path."""
+        if not self.val_records:
+            return []
+        from data_modules.prompts import collate_prompts
+
+        return DataLoader(self.val_records, batch_size=self.hparams.batch_size, shuffle=False, collate_fn=collate_prompts)
+
+    test_dataloader = val_dataloader
 
     def _read(self) -> tuple[list[Any], int, str, str]:
         """(rows, unreadable lines, display name, content fingerprint) after checking the keys."""

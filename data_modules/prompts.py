@@ -8,13 +8,18 @@ targets T_d and the α_d are saved in checkpoints with the data position.
 A prompt record is a plain dict:
     {"id": str, "question": str, "answer": str, "prompt_text": str, "prompt_ids": list[int]}
 plus, when `image_key` is set, "images" (the row's images, decoded: a list of RGB `PIL.Image`)
-and "num_image_tokens" (int, the vision tokens of all of them). A training batch is the MUTABLE
+and "num_image_tokens" (int, the vision tokens of all of them). Rows that have them also carry,
+for evaluation by group and multiple-choice grading: "level" (str, the row's `level`, else its
+`difficulty`), "source" (str) and "options" (the row's `options` or `choices`: a list of texts,
+or a dict letter -> text). Rows without them are kept. A training batch is the MUTABLE
 dict {"prompts": [records...]}; the records are shallow copies, so callbacks may add keys freely.
 
 Loading. `path` is `builtin:math` (data_modules/builtin_math.py), `builtin:visual`
-(data_modules/builtin_visual.py; sets `image_key="images"`), a local .json/.jsonl/.parquet
-file, or a `datasets` hub name. JSON and JSON lines are read by this module, line by line, because
-`datasets` aborts a whole file on one bad line; parquet and hub data go through `load_dataset`.
+(data_modules/builtin_visual.py; sets `image_key="images"`), their held-out test splits
+`builtin:math:test` / `builtin:visual:test` (TEST_SIZE problems that no train problem equals, by
+construction; see those files), a local .json/.jsonl/.parquet file, or a `datasets` hub name.
+JSON and JSON lines are read by this module, line by line, because `datasets` aborts a whole file
+on one bad line; parquet and hub data go through `load_dataset`.
 Column names are checked first, before the tokenizer is even loaded. Then bad rows are dropped
 and counted in `drop_counts`, each under the first reason that applies:
     malformed     unparsable JSON line, a row that is not an object, invalid UTF-8, a lone
@@ -82,7 +87,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DROP_REASONS = ("malformed", "empty_prompt", "no_answer", "missing_image", "bad_image", "too_long")
-BUILTINS = ("builtin:math", "builtin:visual")
+BUILTINS = ("builtin:math", "builtin:math:test", "builtin:visual", "builtin:visual:test")
+_VISUAL_BUILTINS = ("builtin:visual", "builtin:visual:test")
 MALFORMED = object()  # sentinel: a value that cannot be used as text
 _ID_SEP = "\x1f"  # unit separator: ("a", "bc") and ("ab", "c") must not hash alike
 
@@ -200,6 +206,28 @@ def load_rows(path: str, split: str) -> tuple[list[Any], list[str], int, str]:
     return list(ds), list(ds.column_names), 0, path
 
 
+def _options(value: Any) -> list[str] | dict[str, str] | None:
+    """A multiple-choice cell as a list of texts or a {letter: text} dict; None when absent or unusable.
+
+    Also reads the hub form {"label": [letters], "text": [texts]} (e.g. ARC). An unusable cell (not
+    a list or dict, or an entry that is not text or a number) is ignored rather than dropping the
+    row: the prompt still trains, it is just not graded as a choice.
+    """
+    if isinstance(value, dict) and set(value) == {"label", "text"}:
+        labels, texts = value["label"], value["text"]
+        if isinstance(labels, (list, tuple)) and isinstance(texts, (list, tuple)) and len(labels) == len(texts):
+            value = dict(zip(labels, texts))
+    if isinstance(value, dict):
+        items = {as_text(k, numbers_ok=False): as_text(v, numbers_ok=True) for k, v in value.items()}
+        if items and all(isinstance(k, str) and k and isinstance(v, str) for k, v in items.items()):
+            return items
+        return None
+    if isinstance(value, (list, tuple)):
+        texts = [as_text(v, numbers_ok=True) for v in value]
+        return texts if texts and all(isinstance(t, str) for t in texts) else None
+    return None
+
+
 # ---------------------------------------------------------------------------------------- sampler
 class ResumableBatchSampler(DistributedSampler):
     """Yields one list of row indices per training step, from a seeded per-epoch permutation.
@@ -282,8 +310,9 @@ class PromptDataModule(LightningDataModule):
     """Prompts for AEPO with online difficulty buckets, bad-row accounting and resumable order.
 
     Args:
-        path: 'builtin:math' (generated arithmetic), 'builtin:visual' (generated pictures), a local
-            .json/.jsonl/.parquet file, or a datasets hub name.
+        path: 'builtin:math' (generated arithmetic), 'builtin:visual' (generated pictures), their held-out
+            test splits 'builtin:math:test' / 'builtin:visual:test', a local .json/.jsonl/.parquet file, or a
+            datasets hub name.
         tokenizer_path: the policy's tokenizer (a local folder or hub id); required before setup.
         question_key: column holding the question text.
         answer_key: column holding the gold final answer (strings; numbers are converted).
@@ -292,14 +321,15 @@ class PromptDataModule(LightningDataModule):
         max_pixels: upper bound of an image's area after resizing (pixels); bounds its vision tokens.
         id_key: column holding a stable prompt id; None hashes question and answer (sha1, 16 hex).
         split: split to load from a hub dataset, or the key of a {split: [...]} .json file.
-        builtin_size: number of generated problems for 'builtin:math' / 'builtin:visual'.
-        builtin_seed: seed of the 'builtin:math' / 'builtin:visual' generator.
+        builtin_size: number of generated problems for 'builtin:math' / 'builtin:visual' (test splits: TEST_SIZE).
+        builtin_seed: seed of the 'builtin:math' / 'builtin:visual' generators, test splits included.
         prompt_suffix: text appended to every question after a newline; '' for none.
         system_prompt: optional system message of the chat template.
         max_prompt_length: prompts longer than this many tokens (after the chat template) are dropped.
         batch_size: prompts per training step on each device (global = batch_size × world size).
-        val_path: a separate validation file or hub name, read with the same keys.
-        val_size: number of usable rows held out of `path` for validation (0 for none).
+        val_path: a separate validation file, hub name or builtin (e.g. 'builtin:math:test'), read with the same keys.
+        val_size: without val_path, number of usable rows held out of `path` for validation (0 for none); with
+            val_path, keep only its first val_size usable rows (0 for all).
         shuffle: shuffle the training order (a new seeded permutation each epoch).
         seed: seed of the training order, the refill stream and the validation hold-out.
         target_momentum: EMA momentum of the bucket targets T_d; None uses each batch's mean.
@@ -350,13 +380,11 @@ class PromptDataModule(LightningDataModule):
         for name, (value, low) in minimums.items():
             if value < low:
                 raise ValueError(f"data.{name} must be >= {low}; got {value}")
-        if val_path and val_size:
-            raise ValueError("set either data.val_path (a separate file) or data.val_size (a held-out slice), not both")
         if not 0 < min_pixels <= max_pixels:
             raise ValueError(
                 f"need 0 < data.min_pixels <= data.max_pixels; got min_pixels={min_pixels}, max_pixels={max_pixels}"
             )
-        if path == "builtin:visual" and image_key is None:
+        if image_key is None and (path in _VISUAL_BUILTINS or val_path in _VISUAL_BUILTINS):
             image_key = "images"  # before save_hyperparameters, so the logged config says so
         self.save_hyperparameters()
         self.path = path
@@ -417,7 +445,11 @@ class PromptDataModule(LightningDataModule):
             self._load_processor()
         records, self.drop_counts = self._records(tokenizer, *source)
         self.num_rows = len(records)
-        if self.val_size:
+        if val_source is not None:
+            self.val_records, self.val_drop_counts = self._records(tokenizer, *val_source)
+            if self.val_size:
+                self.val_records = self.val_records[: self.val_size]  # the first usable rows, in file order
+        elif self.val_size:
             if self.val_size >= len(records):
                 raise ValueError(
                     f"data.val_size={self.val_size} leaves no training rows out of {len(records)} usable rows"
@@ -425,8 +457,6 @@ class PromptDataModule(LightningDataModule):
             held = set(np.random.default_rng([self.seed, 0, 2]).permutation(len(records))[: self.val_size].tolist())
             self.val_records = [r for i, r in enumerate(records) if i in held]
             records = [r for i, r in enumerate(records) if i not in held]
-        elif val_source is not None:
-            self.val_records, self.val_drop_counts = self._records(tokenizer, *val_source)
         needed = self.batch_size * self._world()[0]
         if len(records) < needed:
             raise ValueError(
@@ -439,15 +469,19 @@ class PromptDataModule(LightningDataModule):
         """(rows, unreadable lines, display name, folder of relative image paths) of a source,
         after checking that the configured columns exist (the first check)."""
         base_dir = None
-        if path == "builtin:math":
-            from data_modules.builtin_math import generate_problems
+        if path in ("builtin:math", "builtin:math:test"):
+            from data_modules import builtin_math
 
-            rows: list[Any] = generate_problems(self.builtin_size, self.builtin_seed)
-            columns, bad, name = ["id", "question", "answer", "level"], 0, path
-        elif path == "builtin:visual":
-            from data_modules.builtin_visual import generate_problems as generate_visual
+            split = "test" if path.endswith(":test") else "train"
+            n = builtin_math.TEST_SIZE if split == "test" else self.builtin_size
+            rows: list[Any] = builtin_math.generate_problems(n, self.builtin_seed, split=split)
+            columns, bad, name = list(rows[0]), 0, path
+        elif path in _VISUAL_BUILTINS:
+            from data_modules import builtin_visual
 
-            rows = generate_visual(self.builtin_size, self.builtin_seed)
+            split = "test" if path.endswith(":test") else "train"
+            n = builtin_visual.TEST_SIZE if split == "test" else self.builtin_size
+            rows = builtin_visual.generate_problems(n, self.builtin_seed, split=split)
             columns, bad, name = list(rows[0]), 0, path
         else:
             rows, columns, bad, name = load_rows(path, self.split)
@@ -581,6 +615,15 @@ class PromptDataModule(LightningDataModule):
         record = {"id": pid, "question": question, "answer": answer}
         if self.image_key:
             record["images"] = image_values(row.get(self.image_key))
+        level = row.get("level")
+        level = row.get("difficulty") if level is None else level
+        if level is not None:
+            record["level"] = str(level)
+        if row.get("source") is not None:
+            record["source"] = str(row["source"])
+        options = _options(row.get("options") if row.get("options") is not None else row.get("choices"))
+        if options is not None:
+            record["options"] = options
         return None, record
 
     def _world(self) -> tuple[int, int]:
@@ -614,9 +657,13 @@ class PromptDataModule(LightningDataModule):
         self._require_setup()
         if not self.val_records:
             return []
-        return DataLoader(
-            _Records(self.val_records), batch_size=self.batch_size, shuffle=False, collate_fn=collate_prompts
-        )
+        # `index` (the position in the hold-out) fixes each problem's validation seeds.
+        records = [dict(r, index=i) for i, r in enumerate(self.val_records)]
+        return DataLoader(_Records(records), batch_size=self.batch_size, shuffle=False, collate_fn=collate_prompts)
+
+    def test_dataloader(self) -> DataLoader | list:
+        """The validation prompts (val_path, or the val_size hold-out), so `ares_lit test` scores the hold-out."""
+        return self.val_dataloader()
 
     def refill_prompts(self, k: int) -> list[dict]:
         """k more prompt records from a separate seeded stream, wrapping around the data forever.

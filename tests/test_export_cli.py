@@ -1,10 +1,13 @@
-"""`python -m ares_lit.export`: checkpoints of real runs -> HF folders that reload, generate, and hold the trained weights."""
+"""`python -m ares_lit.export`: checkpoints of real runs -> HF folders that reload, generate, and hold the trained weights.
+Also `--local_dir`, the seed's `model_merger.py --local_dir` spelling, which writes `<local_dir>/huggingface`."""
+
+import os
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-from ares_lit.export import main
+from ares_lit.export import main, resolve_local_dir
 from tests.strategies import fit_coldstart, run_cli
 
 
@@ -37,6 +40,10 @@ def test_export_from_a_zero3_checkpoint(tmp_path):
     at_fit_end = AutoModelForCausalLM.from_pretrained(tmp_path / "hf_model").state_dict()
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported").state_dict()
     assert all(torch.equal(at_fit_end[k], exported[k]) for k in at_fit_end)
+    # --local_dir on the DeepSpeed folder itself: the seed's layout, <local_dir>/huggingface.
+    res = run_cli(tmp_path, "--local_dir", str(ckpt), module="ares_lit.export")
+    assert res.returncode == 0, res.stderr[-4000:]
+    check_folder(ckpt / "huggingface", trained)
 
 
 def test_export_from_a_plain_checkpoint(tmp_path):
@@ -51,6 +58,11 @@ def test_export_from_a_plain_checkpoint(tmp_path):
     check_folder(tmp_path / "exported", trained)
     initial = AutoModelForCausalLM.from_pretrained(tmp_path.parent / "ares_cache" / "models" / "tiny-qwen2").state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in trained.items())  # trained weights, not the initial ones
+    # --local_dir on the run's checkpoint folder: it picks last.ckpt, says so, and writes <folder>/huggingface.
+    res = run_cli(tmp_path, "--local_dir", str(tmp_path / "ckpt"), module="ares_lit.export")
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert f"exporting the checkpoint {ckpt}" in res.stdout
+    check_folder(tmp_path / "ckpt" / "huggingface", trained)
 
 
 def test_export_of_a_vision_language_checkpoint_carries_the_image_processor(tmp_path, monkeypatch):
@@ -113,3 +125,109 @@ def test_export_refuses_weights_of_another_model(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tmp_path / "x.ckpt"), "--output_dir", str(tmp_path / "out")])
     assert "do not fit 'builtin:tiny-qwen2'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ --local_dir
+def tiny_checkpoint(path, shift: float) -> dict[str, torch.Tensor]:
+    """What Lightning saves for AdaptiveColdstartModule / AEPOModule on the tiny model, its weights
+    moved by `shift` (so that checkpoints differ); returns the policy's weights."""
+    from ares_lit.models.resolve import resolve_model_path
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:tiny-qwen2"))
+    trained = {k: v + shift if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"policy.{k}": v for k, v in trained.items()},
+                "hyper_parameters": {"model_path": "builtin:tiny-qwen2", "dtype": "float32"}}, path)
+    return trained
+
+
+@pytest.fixture
+def shared_cache(tmp_path, monkeypatch):
+    """The builtin models' cache that run_cli uses too (built once per session)."""
+    cache = tmp_path.parent / "ares_cache"
+    monkeypatch.setenv("ARES_LIT_CACHE", str(cache))
+    return cache
+
+
+def _touch(path, mtime: int, deepspeed: bool = False):
+    if deepspeed:
+        path.mkdir(parents=True)
+        (path / "latest").write_text("global_step2")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_local_dir_picks_last_ckpt_else_the_newest(tmp_path):
+    """Which checkpoint `--local_dir` exports, and where (nothing is loaded to decide)."""
+    run = tmp_path / "version_0"
+    ckpts = run / "checkpoints"
+    _touch(ckpts / "epoch=0-step=1.ckpt", 1_000)
+    step2 = _touch(ckpts / "epoch=0-step=2.ckpt", 2_000)
+    _touch(ckpts / "notes.txt", 9_000)  # not a checkpoint
+    assert resolve_local_dir(ckpts) == (step2, ckpts / "huggingface", True)
+    assert resolve_local_dir(run) == (step2, run / "huggingface", True)  # a version folder: its checkpoints/
+    step3 = _touch(ckpts / "epoch=1-step=3.ckpt", 3_000, deepspeed=True)  # DeepSpeed's folder counts as a checkpoint
+    (ckpts / "broken.ckpt").mkdir()  # a folder without 'latest' does not
+    os.utime(ckpts / "broken.ckpt", (8_000, 8_000))
+    assert resolve_local_dir(ckpts)[0] == step3
+    last = _touch(ckpts / "last.ckpt", 500)  # last.ckpt wins, however old
+    assert resolve_local_dir(ckpts) == (last, ckpts / "huggingface", True)
+    assert resolve_local_dir(run) == (last, run / "huggingface", True)
+    # A file or a DeepSpeed folder is the checkpoint itself.
+    assert resolve_local_dir(step2) == (step2, ckpts / "huggingface", False)
+    assert resolve_local_dir(step3) == (step3, step3 / "huggingface", False)
+
+
+def test_local_dir_with_a_ckpt_file_writes_huggingface_beside_it(tmp_path, shared_cache):
+    ckpt = tmp_path / "run" / "epoch=0-step=2.ckpt"
+    trained = tiny_checkpoint(ckpt, 0.01)
+    res = run_cli(tmp_path, "--local_dir", str(ckpt), module="ares_lit.export")
+    assert res.returncode == 0, res.stderr[-4000:]
+    check_folder(tmp_path / "run" / "huggingface", trained)
+    # --output_dir overrides the default.
+    main(["--local_dir", str(ckpt), "--output_dir", str(tmp_path / "elsewhere")])
+    check_folder(tmp_path / "elsewhere", trained)
+
+
+def test_local_dir_with_a_version_folder_exports_its_newest_checkpoint(tmp_path, shared_cache, capsys):
+    run = tmp_path / "version_0"
+    older, newer = run / "checkpoints" / "epoch=0-step=1.ckpt", run / "checkpoints" / "epoch=0-step=2.ckpt"
+    tiny_checkpoint(older, 0.01)
+    trained = tiny_checkpoint(newer, 0.02)
+    os.utime(older, (1_000, 1_000))
+    os.utime(newer, (2_000, 2_000))
+    main(["--local_dir", str(run)])
+    assert f"exporting the checkpoint {newer}" in capsys.readouterr().out
+    check_folder(run / "huggingface", trained)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--checkpoint", "{ckpt}", "--local_dir", "{ckpt}"], "argument --local_dir: not allowed with argument --checkpoint"),
+        ([], "one of the arguments --checkpoint --local_dir is required"),
+        (["--output_dir", "{out}"], "one of the arguments --checkpoint --local_dir is required"),
+        (["--checkpoint", "{ckpt}"], "--output_dir is required with --checkpoint"),
+        (["--local_dir", "{tmp}/missing"], "does not exist"),
+        (["--local_dir", "{tmp}/empty"], "holds no checkpoint"),
+        (["--local_dir", "{tmp}/only_broken"], "holds no checkpoint"),
+    ],
+)
+def test_local_dir_errors_come_before_any_model_loads(tmp_path, capsys, monkeypatch, argv, message):
+    cache = tmp_path / "cache"  # a builtin model would be built here, were any loaded
+    monkeypatch.setenv("ARES_LIT_CACHE", str(cache))
+    ckpt = tmp_path / "good" / "last.ckpt"  # a valid checkpoint: only the options are wrong
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": {"policy.w": torch.ones(1)}, "hyper_parameters": {"model_path": "builtin:tiny-qwen2"}}, ckpt)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "only_broken" / "x.ckpt").mkdir(parents=True)  # a folder named .ckpt but no DeepSpeed 'latest'
+    args = [a.format(ckpt=ckpt, out=tmp_path / "out", tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not cache.exists()
+    assert not list(tmp_path.rglob("huggingface")) and not (tmp_path / "out").exists()

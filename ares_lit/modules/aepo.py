@@ -23,6 +23,7 @@ from ares_lit.distributed import world_max
 
 from ares_lit.batch import RolloutBatch
 from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, aggregate, kl_estimate, policy_loss
+from ares_lit.modules.validation import ValidationMixin, ValidationSettings
 from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.zero import adamw, param_shape, shard_for_inference, zero3_enabled
 from ares_lit.modules.export import export_at_fit_end, export_hf
@@ -33,7 +34,7 @@ __all__ = ["AEPOModule"]
 _LOSS_KEYS = ("pg_loss", "kl_loss", "loss")
 
 
-class AEPOModule(pl.LightningModule):
+class AEPOModule(ValidationMixin, pl.LightningModule):
     """Adaptive Entropy Policy Optimization.
 
     Args:
@@ -61,6 +62,8 @@ class AEPOModule(pl.LightningModule):
         logit_budget_mb: fp32 logits memory per chunk in the log-prob pass.
         export_dir: where the final policy is saved as an HF folder (with tokenizer); default
             `<log_dir>/hf_model`; empty string disables the export.
+        validation: sampling of the validation hold-out (`validation.n`, `.k`, `.temperature`,
+            `.max_tokens`, ...; ares_lit/modules/validation.py); None = the defaults.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class AEPOModule(pl.LightningModule):
         freeze_vision: bool = False,
         logit_budget_mb: int = DEFAULT_LOGIT_BUDGET_BYTES // 2**20,
         export_dir: str | None = None,
+        validation: ValidationSettings | None = None,
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
@@ -100,6 +104,7 @@ class AEPOModule(pl.LightningModule):
         if ppo_epochs < 1:
             raise ValueError(f"model.ppo_epochs must be >= 1; got {ppo_epochs}")
         self.save_hyperparameters()
+        self._validation_settings().ks()  # a bad validation.k fails before any model loads
         self.automatic_optimization = False
         self.policy: torch.nn.Module | None = None
         self.tokenizer = None

@@ -31,6 +31,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ares_lit.core import KL_KINDS, kl_estimate
+from ares_lit.modules.validation import ValidationMixin, ValidationSettings
 from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.zero import adamw, param_shape, same_count_on_all_ranks
 from ares_lit.modules.export import export_at_fit_end, export_hf
@@ -76,7 +77,7 @@ def label_logprobs(
     return log_probs, rows
 
 
-class AdaptiveColdstartModule(pl.LightningModule):
+class AdaptiveColdstartModule(ValidationMixin, pl.LightningModule):
     """Adaptive Cold-Start SFT: token-mean NLL on response tokens, optional per-bracket KL.
 
     Args:
@@ -97,6 +98,8 @@ class AdaptiveColdstartModule(pl.LightningModule):
         logit_budget_mb: fp32 logits memory per chunk in the loss.
         export_dir: where the final model is saved as an HF folder (with tokenizer) at the end of
             fit; default `<log_dir>/hf_model`; empty string disables the export.
+        validation: sampling of the validation hold-out (`validation.n`, `.k`, `.temperature`,
+            `.max_tokens`, ...; ares_lit/modules/validation.py); None = the defaults.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class AdaptiveColdstartModule(pl.LightningModule):
         freeze_vision: bool = False,
         logit_budget_mb: int = DEFAULT_LOGIT_BUDGET_BYTES // 2**20,
         export_dir: str | None = None,
+        validation: ValidationSettings | None = None,
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
@@ -127,6 +131,7 @@ class AdaptiveColdstartModule(pl.LightningModule):
         if warmup_steps < 0 or lr <= 0:
             raise ValueError(f"need model.lr > 0 and model.warmup_steps >= 0; got {lr} and {warmup_steps}")
         self.save_hyperparameters()
+        self._validation_settings().ks()  # a bad validation.k fails before any model loads
         self.policy: torch.nn.Module | None = None
         self.tokenizer = None
         self.resolved_model_path: str | None = None

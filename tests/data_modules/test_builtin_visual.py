@@ -5,15 +5,29 @@ rendered image (connected regions of a colour, bar heights, segment extents), so
 made a picture disagree with its answer fails here.
 """
 
+import hashlib
 import json
+import random
 from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from ares_lit.grading import Grader
-from data_modules.builtin_visual import COLORS, KINDS, LEVELS, bar_geometry, generate_problems, write_jsonl
+from data_modules.builtin_visual import (
+    COLORS,
+    KINDS,
+    LEVELS,
+    TEST_SIZE,
+    bar_geometry,
+    generate_problems,
+    make_scene,
+    split_of,
+    write_jsonl,
+)
 
 SIZES = {"count": {"easy": 112, "medium": 168, "hard": 224}, "bar": {"easy": 168, "medium": 168, "hard": 224},
          "length": {"easy": 112, "medium": 168, "hard": 168}}
@@ -87,7 +101,7 @@ def test_images_are_small_rgb_squares_of_the_level_size(problems):
 
 def test_answers_follow_from_the_scene(problems):
     seen = Counter()
-    for p in generate_problems(300, seed=1, images=False):
+    for p in generate_problems(300, seed=1, images=False) + generate_problems(TEST_SIZE, 1, images=False, split="test"):
         scene, kind = p["scene"], p["kind"]
         if kind == "count":
             expected = sum(s["color"] == scene["color"] for s in scene["shapes"])
@@ -170,3 +184,71 @@ def test_write_jsonl_writes_pngs_with_relative_paths(tmp_path, problems):
         assert {k: v for k, v in row.items() if k != "images"} == {k: v for k, v in p.items() if k != "images"}
         with Image.open(tmp_path / "sets" / row["images"][0]) as saved:
             assert saved.convert("RGB").tobytes() == p["images"][0].tobytes()  # PNG: lossless
+
+
+# ---------------------------------------------------------------------------------- test split
+def _key(p) -> str:
+    return json.dumps([p["question"], p["scene"]], sort_keys=True)
+
+
+def test_split_of_is_the_sha1_rule():
+    rows = generate_problems(60, seed=9, images=False) + generate_problems(60, seed=9, images=False, split="test")
+    for p in rows:
+        expected = "test" if int(hashlib.sha1(_key(p).encode()).hexdigest(), 16) % 5 == 0 else "train"
+        assert split_of(p) == expected == ("test" if p["id"].startswith("builtin-visual-test-") else "train")
+    shuffled = {**rows[0], "scene": dict(reversed(list(rows[0]["scene"].items())))}
+    assert split_of(shuffled) == split_of(rows[0])  # canonical JSON: key order does not matter
+
+
+@pytest.fixture(scope="module")
+def held_out_sets():
+    return {seed: generate_problems(TEST_SIZE, seed=seed, images=False, split="test") for seed in range(4)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_train_problems_are_never_test_problems(seed, held_out_sets):
+    train = generate_problems(300, seed=seed, images=False)
+    assert {split_of(p) for p in train} == {"train"}
+    assert {p["source"] for p in train} == {"builtin:visual"}
+    train_keys = {_key(p) for p in train}
+    for test in held_out_sets.values():
+        assert not train_keys & {_key(p) for p in test}
+
+
+def test_most_train_problems_are_the_first_draw():
+    """A train problem redraws only when its first scene is held out: ~4 in 5 problems are unchanged."""
+    unchanged = 0
+    for i, p in enumerate(generate_problems(300, seed=0, images=False)):
+        first = make_scene(p["kind"], p["level"], random.Random(f"builtin-visual/0/{i}"))
+        unchanged += p["scene"] == first
+    assert 210 <= unchanged <= 270  # 300 · 4/5 = 240 expected
+
+
+def test_test_split_is_distinct_balanced_and_deterministic(held_out_sets):
+    test = held_out_sets[0]
+    assert len(test) == TEST_SIZE == 45
+    assert {split_of(p) for p in test} == {"test"}
+    assert len({_key(p) for p in test}) == TEST_SIZE  # distinct
+    assert Counter((p["level"], p["kind"]) for p in test) == {(lv, k): 5 for lv in LEVELS for k in KINDS}
+    assert [p["id"] for p in test[:2]] == ["builtin-visual-test-0-0", "builtin-visual-test-0-1"]
+    assert {p["source"] for p in test} == {"builtin:visual"}
+    assert test == generate_problems(TEST_SIZE, seed=0, images=False, split="test")
+    assert generate_problems(9, seed=0, images=False, split="test") == test[:9]
+    assert [p["scene"] for p in held_out_sets[1]] != [p["scene"] for p in test]
+    (image,) = generate_problems(1, seed=0, split="test")[0]["images"]
+    assert image.size == (SIZES[test[0]["kind"]][test[0]["level"]],) * 2
+    with pytest.raises(ValueError, match="split must be one of"):
+        generate_problems(3, split="dev")
+
+
+def test_write_jsonl_test_split(tmp_path, held_out_sets):
+    path = write_jsonl(tmp_path / "held.jsonl", 3, seed=0, split="test")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [p["id"] for p in held_out_sets[0][:3]]
+    assert rows[0]["images"] == ["held_images/builtin-visual-test-0-0-0.png"]
+    assert [r["scene"] for r in rows] == [p["scene"] for p in held_out_sets[0][:3]]
+
+
+@given(st.integers(0, 10**6), st.integers(0, 60))
+def test_every_train_problem_is_in_the_train_split(seed, i):
+    assert split_of(generate_problems(i + 1, seed=seed, images=False)[i]) == "train"

@@ -92,6 +92,59 @@ def test_builtin_math_default(tok_dir):
     assert SPEC_SUFFIX in dm.train_records[0]["prompt_text"]
 
 
+def test_builtin_math_test_split_is_the_held_out_set(tok_dir):
+    from data_modules.builtin_math import TEST_SIZE, generate_problems, split_of
+
+    dm = PromptDataModule(path="builtin:math:test", tokenizer_path=tok_dir, builtin_size=5, builtin_seed=1)
+    dm.setup()
+    assert dm.num_rows == TEST_SIZE == 48  # builtin_size does not apply to a test split
+    records = dm.train_records
+    assert [r["question"] for r in records] == [p["question"] for p in generate_problems(TEST_SIZE, 1, split="test")]
+    assert all(split_of(r) == "test" for r in records)
+    assert [r["level"] for r in records[:3]] == ["easy", "medium", "hard"]
+    assert {r["source"] for r in records} == {"builtin:math"}
+    assert "options" not in records[0]
+
+    dm = PromptDataModule(tokenizer_path=tok_dir, builtin_size=300, builtin_seed=1, val_path="builtin:math:test")
+    dm.setup()
+    assert len(dm.val_records) == TEST_SIZE and dm.num_rows == 300
+    assert not {r["question"] for r in dm.train_records} & {r["question"] for r in dm.val_records}
+    assert dm.image_key is None
+
+
+def test_builtin_visual_test_split_sets_image_key():
+    for kw in ({"path": "builtin:visual:test"}, {"path": "builtin:visual", "val_path": "builtin:visual:test"},
+               {"path": "builtin:math", "val_path": "builtin:visual"}):
+        dm = PromptDataModule(**kw)
+        assert dm.image_key == "images" and dm.hparams.image_key == "images", kw
+    assert PromptDataModule(path="builtin:visual:test", image_key="pics").image_key == "pics"
+    assert PromptDataModule(path="builtin:math", val_path="builtin:math:test").image_key is None
+
+
+def test_level_source_and_options_are_carried(tmp_path, tok_dir):
+    rows = [
+        {"question": "Q0", "answer": "1", "level": "hard", "source": "gsm8k", "options": ["1", "2", "3"]},
+        {"question": "Q1", "answer": "B", "level": 3, "source": "mmlu", "choices": {"A": "x", "B": 7}},
+        {"question": "Q2", "answer": "A", "difficulty": "easy", "choices": {"label": ["A", "B"], "text": ["p", "q"]}},
+        {"question": "Q3", "answer": "4", "level": None, "difficulty": 2, "options": "not a list"},
+        {"question": "Q4", "answer": "5", "options": ["ok", {"bad": 1}], "source": None},
+        {"question": "Q5", "answer": "6"},
+    ]
+    dm = _dm(_write_jsonl(tmp_path / "mc.jsonl", rows), tok_dir, shuffle=False, batch_size=2)
+    assert dm.num_rows == 6 and sum(dm.drop_counts.values()) == 0  # nothing is dropped for lacking them
+    extra = [{k: r[k] for k in ("level", "source", "options") if k in r} for r in dm.train_records]
+    assert extra == [
+        {"level": "hard", "source": "gsm8k", "options": ["1", "2", "3"]},
+        {"level": "3", "source": "mmlu", "options": {"A": "x", "B": "7"}},
+        {"level": "easy", "options": {"A": "p", "B": "q"}},
+        {"level": "2"},
+        {},
+        {},
+    ]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["prompts"][0]["options"] == ["1", "2", "3"]
+
+
 def test_custom_column_names_and_ids(tmp_path, tok_dir):
     rows = [{"q": f"Compute {i} * 2.", "a": str(2 * i), "uid": f"u{i}"} for i in range(4)]
     path = _write_jsonl(tmp_path / "custom.jsonl", rows)
@@ -181,8 +234,6 @@ def test_all_bad_rows_is_a_clear_error(tmp_path, tok_dir):
 def test_config_errors(tmp_path, tok_dir):
     with pytest.raises(ValueError, match="tokenizer_path"):
         PromptDataModule().setup()
-    with pytest.raises(ValueError, match="either data.val_path"):
-        PromptDataModule(val_path="v.jsonl", val_size=3)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         PromptDataModule(batch_size=0)
     with pytest.raises(ValueError, match="unknown builtin"):
@@ -363,3 +414,24 @@ def test_val_size_holds_out_rows_and_val_path_loads_a_file(tmp_path, tok_dir):
     assert len(dm.train_records) == 20 and len(dm.val_records) == 5
     assert dm.val_drop_counts["empty_prompt"] == 1
     assert _dm(path, tok_dir, batch_size=4).val_dataloader() == []
+
+
+def test_val_size_with_val_path_keeps_the_first_usable_rows(tmp_path, tok_dir):
+    path = _write_jsonl(tmp_path / "train.jsonl", _rows(8))
+    val_rows = [{"question": "", "answer": "1"}] + _rows(30)[20:]  # a bad row first: it is not counted
+    val_file = _write_jsonl(tmp_path / "val.jsonl", val_rows)
+    dm = _dm(path, tok_dir, batch_size=4, val_path=val_file, val_size=3)
+    assert [r["question"] for r in dm.val_records] == [r["question"] for r in _rows(30)[20:23]]
+    assert len(dm.train_records) == 8  # nothing is held out of path when val_path is set
+    assert dm.val_drop_counts["empty_prompt"] == 1
+    assert len(_dm(path, tok_dir, batch_size=4, val_path=val_file, val_size=0).val_records) == 10
+    assert len(_dm(path, tok_dir, batch_size=4, val_path=val_file, val_size=50).val_records) == 10
+
+
+def test_test_dataloader_is_the_validation_set(tmp_path, tok_dir):
+    path = _write_jsonl(tmp_path / "train.jsonl", _rows(20))
+    dm = _dm(path, tok_dir, batch_size=4, val_size=6)
+    val, test = list(dm.val_dataloader()), list(dm.test_dataloader())
+    assert [_ids(b) for b in test] == [_ids(b) for b in val] and sum(map(len, map(_ids, test))) == 6
+    assert [b["prompts"] for b in test] == [b["prompts"] for b in val]
+    assert _dm(path, tok_dir, batch_size=4).test_dataloader() == []

@@ -49,11 +49,13 @@ model:
     lr: 1.0e-3
     mini_batch_size: 8
     micro_batch_size: 4
+    validation: {{n: 2, max_tokens: 8}}
 data:
   init_args:
     path: {data}
     batch_size: 2
     max_prompt_length: 96
+    val_size: 2
 """
     )
     return overlay

@@ -1,0 +1,138 @@
+"""Evaluation data sources: files, `datasets` names and the bundled held-out test splits.
+
+A source is given on the command line as a path or name (`--data a.jsonl --data builtin:math`),
+or as a JSON object with per-source keys:
+`--data '{"path": "mc.jsonl", "question_key": "problem", "answer_key": "label", "name": "mc"}'`.
+Rows are read, cleaned and tokenized by `PromptDataModule` (the training code), so bad rows are
+skipped and counted exactly as in training, and images work the same way. `builtin:math` and
+`builtin:visual` mean their held-out *test* splits here (`builtin:math:test`): problems drawn
+from a part of the problem space that the training split never draws from (see
+`data_modules/builtin_math.py`). Rows without a `source` column get the source's name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Source", "parse_source", "check_columns", "check_sources", "load_problems"]
+
+_TEST_SPLITS = {"builtin:math": "builtin:math:test", "builtin:visual": "builtin:visual:test"}
+_KEYS = ("question_key", "answer_key", "image_key", "id_key", "split")
+
+
+@dataclass
+class Source:
+    """One evaluation data source."""
+
+    path: str
+    name: str = ""
+    question_key: str = "question"
+    answer_key: str = "answer"
+    image_key: str | None = None
+    id_key: str | None = None
+    split: str = "test"
+    options: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_source(spec: str, defaults: dict[str, Any]) -> Source:
+    """A `--data` value (a path/name, or a JSON object with `path` and optional keys) as a Source."""
+    spec = spec.strip()
+    values = dict(defaults)
+    if spec.startswith("{"):
+        try:
+            obj = json.loads(spec)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--data {spec!r} starts with '{{' but is not valid JSON: {err}") from err
+        unknown = set(obj) - {"path", "name", *_KEYS}
+        if "path" not in obj or unknown:
+            raise ValueError(
+                f"--data JSON needs 'path' and may have 'name', {', '.join(_KEYS)}; got keys {sorted(obj)}"
+            )
+        values.update({k: v for k, v in obj.items() if k != "path" and k != "name"})
+        path = str(obj["path"])
+        name = str(obj.get("name") or (Path(path).name if Path(path).suffix else path))
+    else:
+        path, name = spec, spec
+        if Path(spec).suffix.lower() in (".json", ".jsonl", ".parquet"):
+            name = Path(spec).name  # a file's name, not its folder, labels its rows
+    if path in ("builtin:math:train", "builtin:visual:train"):
+        raise ValueError(f"--data {path!r}: evaluate on the held-out test split ({path.rsplit(':', 1)[0]}), not on training data")
+    path = _TEST_SPLITS.get(path, path)
+    name = name if name not in _TEST_SPLITS.values() else name.rsplit(":", 1)[0]
+    return Source(path=path, name=name, **{k: values[k] for k in _KEYS if k in values})
+
+
+def check_sources(sources: list[Source]) -> None:
+    """Fail on a missing local file before anything else loads."""
+    for s in sources:
+        if s.path.startswith("builtin:"):
+            continue
+        p = Path(s.path).expanduser()
+        if p.suffix.lower() in (".json", ".jsonl", ".parquet") and not p.is_file():
+            raise ValueError(f"--data: file {s.path!r} does not exist")
+
+
+def _datamodule(source: Source, tokenizer_path: str, max_prompt_length: int, builtin_seed: int, **prompting):
+    from data_modules.prompts import PromptDataModule
+
+    return PromptDataModule(
+        path=source.path,
+        tokenizer_path=tokenizer_path,
+        question_key=source.question_key,
+        answer_key=source.answer_key,
+        image_key=source.image_key,
+        id_key=source.id_key,
+        split=source.split,
+        builtin_seed=builtin_seed,
+        max_prompt_length=max_prompt_length,
+        batch_size=1,
+        shuffle=False,
+        **prompting,
+    )
+
+
+def _as_option_error(err: Exception) -> ValueError:
+    """PromptDataModule's messages name `--data.init_args.X`; here the option is `--X`."""
+    text = str(err).replace("--data.init_args.path", "--data").replace("--data.init_args.", "--")
+    text = text.replace("data.question_key", "--question_key").replace("data.answer_key", "--answer_key")
+    text = text.replace("data.image_key", "--image_key").replace("data.id_key", "--id_key")
+    return ValueError(text)
+
+
+def check_columns(sources: list[Source], max_prompt_length: int, builtin_seed: int = 0) -> None:
+    """Read every source and check its configured columns, before any tokenizer or model loads."""
+    for s in sources:
+        dm = _datamodule(s, "unused", max_prompt_length, builtin_seed)
+        try:
+            dm._read(dm.path)
+        except (ValueError, FileNotFoundError) as err:
+            raise _as_option_error(err) from err
+
+
+def load_problems(
+    sources: list[Source], tokenizer, tokenizer_path: str, max_prompt_length: int, builtin_seed: int = 0, **prompting
+) -> tuple[list[dict], dict[str, dict[str, int]]]:
+    """All sources' usable prompt records, in order, and the skipped-row counts per source.
+
+    `prompting` holds `prompt_suffix` / `system_prompt` for PromptDataModule."""
+    problems: list[dict] = []
+    drops: dict[str, dict[str, int]] = {}
+    for s in sources:
+        dm = _datamodule(s, tokenizer_path, max_prompt_length, builtin_seed, **prompting)
+        dm.tokenizer = tokenizer
+        try:
+            dm.setup("test")
+        except (ValueError, FileNotFoundError) as err:
+            raise _as_option_error(err) from err
+        for record in dm.train_records:
+            record.setdefault("source", s.name)
+            record["source"] = str(record["source"]) if record.get("source") is not None else s.name
+            problems.append(record)
+        drops[s.name] = dict(dm.drop_counts)
+    return problems, drops
