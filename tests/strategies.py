@@ -96,9 +96,12 @@ def write_small_pool(path: Path, rows: int = 12) -> Path:
     return path
 
 
-def coldstart_overlay(tmp: Path, stage: int | None, steps: int = 2, model_path: str = "builtin:tiny-qwen2") -> Path:
+def coldstart_overlay(
+    tmp: Path, stage: int | None, steps: int = 2, model_path: str = "builtin:tiny-qwen2", val_path: str = "null"
+) -> Path:
     """A YAML overlay on configs/coldstart.yaml: the tiny model, a small pool, `steps` optimizer steps,
-    on this shim at ZeRO `stage` (None: Lightning's default single-device strategy)."""
+    on this shim at ZeRO `stage` (None: Lightning's default single-device strategy); validation on
+    the first 2 problems of `val_path` (null: none)."""
     pool = write_small_pool(tmp / "pool.jsonl")
     strategy = probe = ""
     if stage is not None:
@@ -128,6 +131,7 @@ model:
     warmup_steps: 0
     lr_schedule: constant
     export_dir: {tmp / "hf_model"}
+    validation: {{n: 2, max_tokens: 8}}
 data:
   init_args:
     path: {pool}
@@ -135,6 +139,8 @@ data:
     batch_size: 4
     max_length: 256
     cache_dir: {tmp / "curation"}
+    val_path: {val_path}
+    val_size: 2
 """
     )
     return overlay

@@ -44,9 +44,11 @@ model:
     warmup_steps: 0
     lr_schedule: constant
     export_dir: {tmp / "hf_model"}
+    validation: {{n: 2, max_tokens: 16}}
 data:
   init_args:
     path: {path}
+    val_size: 6
     builtin_size: 64
     size: 40
     batch_size: 4
@@ -73,6 +75,12 @@ def test_coldstart_fit_then_aepo_loads_the_export(tmp_path):
     assert any(t.startswith("curation/") and t.endswith("/L0") for t in tags)
     assert "curation/report/text_summary" in acc.Tags()["tensors"]
     assert {"curation/brackets", "curation/lengths"} <= set(acc.Tags()["images"])
+    # Validation on the held-out split (configs/coldstart.yaml): the whole hold-out before the first
+    # step and after the epoch, per source and level.
+    assert [e.step for e in acc.Scalars("val/overall/avg_at_n")] == [0, 10]
+    assert [e.step for e in acc.Scalars("val/builtin_math/easy/length")] == [0, 10]
+    assert {"val/builtin_math/hard/pass_at_2", "val/overall/maj_at_2"} <= tags
+    assert "val at step 10:" in res.stdout
     report = json.loads((run_dir / "curation_report.json").read_text())
     assert report["selected"] == 40 and sum(report["brackets_selected"].values()) == 40
     # The export reloads with transformers, tokenizer and chat template included.
