@@ -22,13 +22,24 @@ TRAINER_DEFAULTS = {
 
 
 class AresCLI(LightningCLI):
-    """LightningCLI with `fit`, `validate`, `test` and `predict`; models and data by class_path."""
+    """LightningCLI with `fit`, `validate` and `test`; models and data by class_path.
+
+    `validate` and `test` sample and grade the DataModule's hold-out (`data.val_path` /
+    `data.val_size`) as `fit`'s validation does (ares_lit/modules/validation.py). `predict` is not
+    offered: no ares_lit module has a predict step (use `python -m ares_lit.infer` or `.evaluate`).
+    """
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        commands = dict(LightningCLI.subcommands())
+        commands.pop("predict", None)
+        return commands
 
     def before_fit(self) -> None:
         # Before any model loads: the SLURM layout must match the Trainer (ares_lit/launch.py).
         prepare_launch(self.trainer, self.datamodule)
 
-    before_validate = before_test = before_predict = before_fit
+    before_validate = before_test = before_fit
 
 
 def main(args: list[str] | None = None) -> AresCLI:

@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--answer_key", default="answer", help="column of the gold answer")
     p.add_argument("--image_key", default=None, help="column of each row's images (VL models); builtin:visual sets it")
     p.add_argument("--id_key", default=None, help="column of a stable problem id (default: a hash of question and answer)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N usable problems of each source (0 = all)")
     p.add_argument("--split", default="test", help="split of a datasets name, or the key of a {split: [...]} .json file")
     p.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="rollout engine")
     p.add_argument("--engine_kwargs", default="{}", help="JSON of extra engine arguments, e.g. '{\"kv_cache_gb\": 2}'")
@@ -105,6 +106,8 @@ def _check(args: argparse.Namespace) -> tuple[EvalSettings, list[int], list, dic
         seed=args.seed, batch_size=args.batch_size, answer_fallback=args.answer_fallback,
         grade_timeout=args.grade_timeout,
     )
+    if args.limit < 0:
+        raise ValueError(f"--limit must be >= 0 (0 = all); got {args.limit}")
     if args.max_prompt_length < 1:
         raise ValueError(f"--max_prompt_length must be >= 1; got {args.max_prompt_length}")
     try:
@@ -134,6 +137,7 @@ def _fingerprint(args: argparse.Namespace, settings: EvalSettings, sources: list
         "prompt_suffix": args.prompt_suffix,
         "system_prompt": args.system_prompt,
         "max_prompt_length": args.max_prompt_length,
+        "limit": args.limit,
     }
 
 
@@ -183,9 +187,17 @@ def _evaluate_model(args, label: str, model_path: str, sources, settings, engine
     path = str(resolve_model_path(model_path))
     tokenizer = AutoTokenizer.from_pretrained(path)
     problems, skipped = load_problems(
-        sources, tokenizer, path, args.max_prompt_length,
+        sources, tokenizer, path, args.max_prompt_length, limit=args.limit,
         prompt_suffix=args.prompt_suffix, system_prompt=args.system_prompt,
     )
+    if args.engine == "vllm" and any(p.get("images") for p in problems):
+        try:
+            import torchvision  # noqa: F401
+        except Exception as err:  # noqa: BLE001 - missing, or built for another torch
+            raise ValueError(
+                f"--engine vllm cannot take image prompts here: vLLM's Qwen2.5-VL code imports torchvision, which is "
+                f"not usable ({type(err).__name__}); use --engine hf, or a GPU machine with vllm and torchvision"
+            ) from err
     store = _claim(folder, _fingerprint(args, settings, sources, model_path), args.overwrite)
     rows, start = store.resume([p["id"] for p in problems], settings.n, settings.batch_size)
     if start < len(problems):

@@ -15,10 +15,13 @@ def run_cli(*args, cwd=ROOT, check=True):
     return subprocess.run([sys.executable, "-m", "ares_lit", *args], cwd=cwd, env=env, capture_output=True, text=True, check=check)
 
 
-def test_help_lists_subcommands():
+def test_help_lists_subcommands_and_no_predict():
     out = run_cli("--help").stdout
-    for sub in ("fit", "validate", "test", "predict"):
+    for sub in ("fit", "validate", "test"):
         assert sub in out
+    assert "predict" not in out  # no module has a predict step: it is not advertised
+    res = run_cli("predict", "--help", check=False)
+    assert res.returncode != 0 and "invalid choice" in res.stderr
 
 
 def test_fit_from_yaml_with_class_path_and_override(tmp_path):

@@ -212,3 +212,16 @@ def test_help_documents_every_flag():
     for flag in ("--model_path", "--baseline_path", "--data", "--engine", "--n", "--k", "--temperature", "--top_p",
                  "--top_k", "--max_tokens", "--seed", "--batch_size", "--output_dir"):
         assert flag in res.stdout
+
+
+def test_image_problems_with_the_tiny_vl_model(tmp_path):
+    out = tmp_path / "vl"
+    res = run_cli(tmp_path, "--model_path", "builtin:tiny-qwen2.5-vl", "--data", "builtin:visual", "--limit", "3",
+                  "--n", "2", "--max_tokens", "4", "--engine", "hf", "--output_dir", str(out), "--no_progress",
+                  module="ares_lit.evaluate", timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    rows = _rows(out / "samples.jsonl")
+    assert len(rows) == 6 and {r["source"] for r in rows} == {"builtin:visual"}
+    assert all("<|image_pad|>" in r["prompt"] or "<|vision_start|>" in r["prompt"] for r in rows)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["overall"]["n_problems"] == 3 and set(metrics["groups"]["level"]) == {"easy", "medium", "hard"}
