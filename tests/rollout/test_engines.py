@@ -4,6 +4,8 @@ One vLLM engine is started for the whole file (~20 s). The tiny random Qwen2 is 
 final norm scaled up) so that samples, scores and weight updates give clearly separated numbers.
 """
 
+import contextlib
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -175,6 +177,67 @@ def test_weight_sync(engine, hf_model):
     finally:
         engine.load_weights(hf_model.state_dict().items())  # state_dict names (tied lm_head included) work too
     torch.testing.assert_close(torch.tensor(engine.score([seq], [20])[0]), before_scores, atol=ATOL, rtol=0)
+
+
+class _Records(logging.Handler):
+    """Collects the records of one logger tree (vLLM's loggers do not propagate to the root)."""
+
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def messages(self, level=logging.DEBUG):
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+@contextlib.contextmanager
+def captured(logger_name):
+    handler, logger = _Records(), logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_weight_push_logs_no_rotary_failure(vllm_engine, hf_model, caplog):
+    """vLLM counts the RoPE cos/sin cache (a buffer, in no checkpoint) as a weight and warns
+    "RotaryEmbedding: Failed to load weights" at every push. The engine's pushes must not show
+    it, must explain it once, and must still report layers that really were not loaded."""
+    seq = prompts_of([120], seed=11)[0]
+    vllm_engine._expected_reload_warnings = None  # a fresh engine's state: the explanation is due
+    new = perturbed_copy(hf_model, seed=3)
+    caplog.set_level(logging.INFO, logger="ares_lit.rollout.vllm_engine")
+    try:
+        with captured("vllm") as logs:
+            vllm_engine.load_weights(new.named_parameters())
+            vllm_engine.load_weights(new.state_dict().items())
+        # The capture sees vLLM's own reload records, and no "Failed to load weights" among them.
+        assert sum("Reloading and processing weights took" in m for m in logs.messages(logging.INFO)) == 2
+        assert not [m for m in logs.messages() if "Failed to load weights" in m]
+        explained = [r.getMessage() for r in caplog.records if r.name == "ares_lit.rollout.vllm_engine"]
+        assert len(explained) == 1 and "RotaryEmbedding" in explained[0] and "expected" in explained[0]
+        # ...and the push took effect: scores are the new model's.
+        torch.testing.assert_close(
+            torch.tensor(vllm_engine.score([seq], [10])[0]), hf_logprobs(new, seq, 10), atol=ATOL, rtol=0
+        )
+
+        # A push that misses real weights is still reported, by vLLM, for every layer it missed.
+        with captured("vllm") as logs:
+            vllm_engine.load_weights([("model.norm.weight", new.model.norm.weight)])
+        missed = {m.split(":")[0] for m in logs.messages(logging.WARNING) if m.endswith("Failed to load weights")}
+        assert {"QKVParallelLinear", "VocabParallelEmbedding", "ParallelLMHead"} <= missed
+        assert "RotaryEmbedding" not in missed
+    finally:
+        vllm_engine.load_weights(hf_model.named_parameters())
+    torch.testing.assert_close(
+        torch.tensor(vllm_engine.score([seq], [10])[0]), hf_logprobs(hf_model, seq, 10), atol=ATOL, rtol=0
+    )
+    # Outside the engine's pushes vLLM's logger is untouched (the filter is scoped to the push).
+    assert not logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").filters
 
 
 def test_hf_engine_rejects_unknown_weight_names(hf_engine):
