@@ -1,9 +1,10 @@
 """DynamicKLCallback: per-bucket KL coefficients κ_d, relaxed inside HWE windows (ARES_SPEC "Dynamic KL").
 
-It hands its `core.DynamicKL` controller to the module (which asks it for β_{i,t} in the loss)
-and, after each step, updates κ_d from KL_d, the mean k3 over bucket d's non-window tokens. The
-sums and token counts are all-reduced across ranks first, so every rank holds the same κ (the
-released code updated β on each rank unsynchronised). Its state is checkpointed.
+Its `core.DynamicKL` controller starts from the model's `kl_coef`. It hands the controller to the
+module (which asks it for β_{i,t} in the loss) and, after each step, updates κ_d from KL_d, the
+mean k3 over bucket d's non-window tokens. The sums and token counts are all-reduced across ranks
+first, so every rank holds the same κ (the released code updated β on each rank unsynchronised).
+Its state is checkpointed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ __all__ = ["DynamicKLCallback"]
 class DynamicKLCallback(pl.Callback):
     """Token-wise dynamic KL scheduling.
 
+    κ_d starts from the model's `kl_coef` (`model.init_args.kl_coef`), the one source of truth for
+    the KL coefficient: with this callback it is the initial κ_d of every bucket, without it the
+    constant β.
+
     Args:
-        kl_coef: initial κ_d for every bucket.
+        kl_coef: deprecated duplicate of model.kl_coef; None (default) = take the model's. A value
+            that differs from model.kl_coef fails at fit start, naming both.
         targets: KL targets δ_d (easy, medium, hard); easy is held tighter than hard.
         rho: ρ in (0, 1], the KL relaxation inside validated HWE windows (1 = no relaxation).
         rate: η_κ, the controller gain.
@@ -31,7 +37,7 @@ class DynamicKLCallback(pl.Callback):
 
     def __init__(
         self,
-        kl_coef: float = 0.01,
+        kl_coef: float | None = None,
         targets: tuple[float, float, float] = (0.02, 0.05, 0.1),
         rho: float = 0.5,
         rate: float = 0.1,
@@ -40,11 +46,37 @@ class DynamicKLCallback(pl.Callback):
         kappa_max: float = 1.0,
     ) -> None:
         super().__init__()
-        self.controller = DynamicKL(kl_coef, targets, rho, rate, step_clip, kappa_min, kappa_max)
+        self.kl_coef = kl_coef
+        self._settings = (targets, rho, rate, step_clip, kappa_min, kappa_max)
+        # Checks the settings now; `setup` rebuilds it from the model's kl_coef before any model loads.
+        self.controller = DynamicKL(kappa_min if kl_coef is None else kl_coef, *self._settings)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        hp = pl_module.hparams
+        if not getattr(hp, "use_kl_loss", False):
+            raise ValueError("DynamicKLCallback needs model.use_kl_loss: true (a frozen reference model)")
+        model_coef = getattr(hp, "kl_coef", None)
+        if self.kl_coef is not None and model_coef is not None and float(self.kl_coef) != float(model_coef):
+            raise ValueError(
+                f"DynamicKLCallback.kl_coef={self.kl_coef} conflicts with model.kl_coef={model_coef}: κ_d starts "
+                "from model.kl_coef. Remove the callback's kl_coef (set --model.init_args.kl_coef instead)."
+            )
+        coef = model_coef if self.kl_coef is None else self.kl_coef
+        if coef is None:
+            raise ValueError("DynamicKLCallback needs a model with a kl_coef (its initial κ_d)")
+        coef = float(coef)
+        kappa_min, kappa_max = self._settings[-2:]
+        if not kappa_min <= coef <= kappa_max:
+            raise ValueError(
+                f"model.kl_coef={coef} is DynamicKLCallback's initial κ_d and must lie in "
+                f"[kappa_min={kappa_min}, kappa_max={kappa_max}]"
+            )
+        # A checkpoint's κ_d (load_state_dict) is restored after setup and replaces this start value.
+        self.controller = DynamicKL(coef, *self._settings)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not getattr(pl_module.hparams, "use_kl_loss", False):
-            raise ValueError("DynamicKLCallback needs model.use_kl_loss: true (a frozen reference model)")
         pl_module.kl_controller = self.controller
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:

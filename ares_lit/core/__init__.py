@@ -1,6 +1,9 @@
 """ARES math as pure, vectorized torch: no Lightning, no I/O (see ARES_SPEC.md).
 
-Every equation lives here once; the README maps each name to its equation.
+Every equation lives here once; the README maps each name to its equation. Advantage estimators
+and policy losses are registries (`register_advantage`, `register_policy_loss`): a new variant is
+one decorated function, selected by name in the config. A variant in a new file of this package
+registers when it is imported: add the import below.
 """
 
 from ares_lit.core.advantages import (
@@ -12,11 +15,21 @@ from ares_lit.core.advantages import (
     rloo_advantages,
 )
 from ares_lit.core.buckets import BUCKET_NAMES, EASY, HARD, MEDIUM, NUM_BUCKETS, assign_buckets
-from ares_lit.core.entropy import token_entropy, window_entropy
+from ares_lit.core.entropy import entropy_from_log_probs, token_entropy, window_entropy
 from ares_lit.core.groups import group_mean, group_stats, informative_groups
 from ares_lit.core.hwe import HWEThreshold, count_hwe, hwe_mask, hwe_threshold, hwe_window_mask, sequence_quantiles
 from ares_lit.core.kl import KL_KINDS, DynamicKL, kl_estimate
-from ares_lit.core.losses import AGG_MODES, aggregate, masked_mean, policy_loss
+from ares_lit.core.losses import (
+    AGG_MODES,
+    POLICY_LOSSES,
+    aggregate,
+    cispo_policy_loss,
+    get_policy_loss,
+    gspo_policy_loss,
+    masked_mean,
+    policy_loss,
+    register_policy_loss,
+)
 from ares_lit.core.rewards import bucket_targets, entropy_shaping_reward, huber, total_reward, update_alpha
 
 __all__ = [
@@ -28,18 +41,23 @@ __all__ = [
     "KL_KINDS",
     "MEDIUM",
     "NUM_BUCKETS",
+    "POLICY_LOSSES",
     "DynamicKL",
     "HWEThreshold",
     "aggregate",
     "assign_buckets",
     "bucket_targets",
+    "cispo_policy_loss",
     "count_hwe",
     "drgrpo_advantages",
+    "entropy_from_log_probs",
     "entropy_shaping_reward",
     "get_advantage_estimator",
+    "get_policy_loss",
     "group_mean",
     "group_stats",
     "grpo_advantages",
+    "gspo_policy_loss",
     "huber",
     "hwe_mask",
     "hwe_threshold",
@@ -49,6 +67,7 @@ __all__ = [
     "masked_mean",
     "policy_loss",
     "register_advantage",
+    "register_policy_loss",
     "rloo_advantages",
     "sequence_quantiles",
     "token_entropy",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["token_entropy", "window_entropy", "entropy_chunk_rows"]
+__all__ = ["token_entropy", "entropy_from_log_probs", "window_entropy", "entropy_chunk_rows"]
 
 # Default budget for the fp32 scratch space of `token_entropy`: never more than this many bytes,
 # and never more than a quarter of the input itself.
@@ -87,6 +87,17 @@ def token_entropy(
             e.mul_(x).nan_to_num_(nan=0.0)  # 0 * (-inf) for masked vocabulary entries
             out[start : start + chunk.shape[0]] = total.log() - e.sum(dim=-1) / total
     return out.reshape(lead_shape)
+
+
+def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """H_t = -sum_v p_v log p_v from a log-softmax already at hand (ARES_SPEC "Token entropy").
+
+    For callers that compute log p = log_softmax(z / T) anyway (the trainer's log-prob pass takes
+    the sampled tokens' log-probs from it): no second pass over the logits. Pass fp32 for an fp32
+    entropy, and chunk over rows as for `token_entropy`. Masked vocabulary entries (log p = -inf)
+    contribute 0 (0 · log 0 = 0). Returns `log_probs.shape[:-1]`.
+    """
+    return -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(-1)
 
 
 def window_entropy(

@@ -101,10 +101,6 @@ class HWEThreshold:
         self.value: float | None = None
         self.num_updates = 0
 
-    def batch_value(self, win: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """τ_batch of one batch with this object's quantile and statistic."""
-        return hwe_threshold(win, valid, self.quantile, self.reduce)
-
     def quantiles(self, win: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The q_i of the responses that have a valid window (what data-parallel ranks exchange)."""
         q, has_valid = sequence_quantiles(win, valid, self.quantile)

@@ -3,12 +3,14 @@
 The rollout callback fills `batch["rollout"]` (a `RolloutBatch`) before `training_step`; the
 module then runs PPO-style updates over mini-batches and micro-batches:
 
-    L = L_PG + L_KL,  L_PG = clipped surrogate (clip-higher, dual clip),
+    L = L_PG + L_KL,  L_PG = the policy loss named by `policy_loss` (core.POLICY_LOSSES; default
+    vanilla: clipped surrogate with clip-higher and dual clip; also gspo, cispo),
     L_KL = aggregate(β ⊙ k3(logπ_θ, logπ_ref)),  β_{i,t} = κ_{d(i)} · ρ^{w_{i,t}}
 
-β comes from `self.kl_controller` (a `core.DynamicKL` that DynamicKLCallback hands over); without
-one, β = kl_coef everywhere. After each step `self.kl_stats` holds the per-bucket k3 sums and
-token counts on non-window tokens, which the callback all-reduces to update κ_d.
+β comes from `self.kl_controller` (a `core.DynamicKL` that DynamicKLCallback hands over, started
+from kl_coef); without one, β = kl_coef everywhere. After each step `self.kl_stats` holds the
+per-bucket k3 sums and token counts on non-window tokens, which the callback all-reduces to
+update κ_d. Fitting without RolloutCallback fails at fit start: there would be nothing to learn.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from ares_lit.distributed import world_max
 
 from ares_lit.batch import RolloutBatch
-from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, aggregate, kl_estimate, policy_loss
+from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, POLICY_LOSSES, aggregate, get_policy_loss, kl_estimate
 from ares_lit.modules.validation import ValidationMixin, ValidationSettings
 from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.zero import adamw, param_shape, shard_for_inference, zero3_enabled
@@ -51,11 +53,13 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         grad_clip: max global gradient norm (0 = off).
         clip_low: ε_low of the clipped surrogate.
         clip_high: ε_high (clip-higher).
-        clip_dual: dual-clip constant c for negative advantages.
+        clip_dual: dual-clip constant c for negative advantages (vanilla only).
+        policy_loss: the registered policy loss (core/losses.py): vanilla (PPO clip-higher + dual
+            clip), gspo (sequence-level ratio) or cispo (clipped IS weight, stop-gradient).
         loss_agg: token-mean, seq-mean-token-mean, seq-mean-token-sum or seq-mean-token-sum-norm.
         use_kl_loss: add the token-wise KL loss against the frozen reference (loads a second copy).
         kl_estimator: k1, k2, k3 or abs (aliases kl, mse, low_var_kl) for the KL loss.
-        kl_coef: β when no DynamicKLCallback is attached.
+        kl_coef: β; with DynamicKLCallback, the initial κ_d of every bucket.
         gradient_checkpointing: recompute decoder activations in backward (saves memory).
         freeze_vision: vision-language models: keep the vision tower (encoder and merger) frozen
             (the paper's RL stage trains the language model only when set; default trains all).
@@ -80,6 +84,7 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         clip_low: float = 0.2,
         clip_high: float = 0.3,
         clip_dual: float = 3.0,
+        policy_loss: str = "vanilla",
         loss_agg: str = "token-mean",
         use_kl_loss: bool = True,
         kl_estimator: str = "k3",
@@ -93,6 +98,8 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
+        if policy_loss not in POLICY_LOSSES:
+            raise ValueError(f"model.policy_loss must be one of {sorted(POLICY_LOSSES)}; got {policy_loss!r}")
         if loss_agg not in AGG_MODES:
             raise ValueError(f"model.loss_agg must be one of {AGG_MODES}; got {loss_agg!r}")
         if kl_estimator not in KL_KINDS:
@@ -144,6 +151,13 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         return self._reference[0] if self._reference else None
 
     def on_fit_start(self) -> None:
+        # Callbacks' on_fit_start runs first: RolloutCallback has handed over its engine by now.
+        # Without it every step would be empty and the run would end "successfully", untrained.
+        if self.rollout_engine is None:
+            raise ValueError(
+                "AEPOModule trains on the rollouts that callbacks.rollout.RolloutCallback makes, and none is attached: "
+                "add `- class_path: callbacks.rollout.RolloutCallback` to trainer.callbacks (as configs/aepo.yaml does)"
+            )
         if self.reference is None:
             return
         if zero3_enabled(self.trainer.strategy):
@@ -352,7 +366,7 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         mask = micro["response_mask"]
         horizon = response_len if hp.loss_agg == "seq-mean-token-sum-norm" else None
         agg_kwargs = {"normalizer": normalizer, "horizon": horizon}
-        pg_loss, pg_metrics = policy_loss(
+        pg_loss, pg_metrics = get_policy_loss(hp.policy_loss)(
             log_probs,
             micro["old_log_probs"],
             micro["advantages"],

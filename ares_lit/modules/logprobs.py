@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ares_lit.core.entropy import token_entropy
+from ares_lit.core.entropy import entropy_from_log_probs
 
 __all__ = [
     "banned_token_ids",
@@ -176,19 +176,17 @@ def response_logprobs(
         hc, tc = flat_h[c * rows : (c + 1) * rows], flat_t[c * rows : (c + 1) * rows]
         if grad:
             logps.append(checkpoint(chunk_logprobs, head, hc, tc, temperature, banned, use_reentrant=False))
-            if with_entropy:
+            if with_entropy:  # no gradient: the same fp32 log-softmax of the chunk, outside the graph
                 with torch.no_grad():
-                    if banned:  # -inf logits: entropy from the masked log-softmax (0·log 0 = 0)
-                        lsm = _logits(head, hc.detach(), temperature, banned).log_softmax(-1)
-                        ents.append(-(lsm.exp() * lsm.nan_to_num(neginf=0.0)).sum(-1))
-                    else:
-                        ents.append(token_entropy(head(hc.detach()), temperature))
+                    lsm = _logits(head, hc.detach(), temperature, banned).log_softmax(-1)
+                    ents.append(entropy_from_log_probs(lsm))
             continue
-        # No gradient: one fp32 log-softmax per chunk gives both the log-probs and the exact entropy.
+        # No gradient: one fp32 log-softmax per chunk gives both the log-probs and the exact entropy
+        # (ARES_SPEC "Token entropy", over the full vocabulary; banned tokens are -inf and add 0).
         lsm = _logits(head, hc, temperature, banned).log_softmax(-1)
         logps.append(lsm.gather(-1, tc.unsqueeze(-1)).squeeze(-1))
         if with_entropy:
-            ents.append(-(lsm.exp() * lsm.nan_to_num(neginf=0.0)).sum(-1))
+            ents.append(entropy_from_log_probs(lsm))
     log_probs = torch.cat(logps).reshape(bsz, response_len)
     entropy = torch.cat(ents).reshape(bsz, response_len) if with_entropy else None
     return log_probs, entropy

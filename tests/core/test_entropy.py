@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ares_lit.core.entropy import entropy_chunk_rows, token_entropy, window_entropy
+from ares_lit.core.entropy import entropy_chunk_rows, entropy_from_log_probs, token_entropy, window_entropy
 
 
 def reference_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -40,6 +40,24 @@ def test_temperature(temperature):
     torch.testing.assert_close(token_entropy(x, temperature).double(), reference_entropy(x, temperature), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="temperature"):
         token_entropy(x, 0.0)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_entropy_from_log_probs_matches_token_entropy(temperature):
+    x = torch.randn(4, 9, 301) * 3
+    h = entropy_from_log_probs((x / temperature).log_softmax(-1))
+    assert h.shape == (4, 9) and h.dtype == torch.float32
+    torch.testing.assert_close(h.double(), reference_entropy(x, temperature), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, token_entropy(x, temperature), atol=1e-5, rtol=1e-5)
+
+
+def test_entropy_from_log_probs_masked_vocabulary_adds_nothing():
+    x = torch.randn(3, 40)
+    banned = x.clone()
+    banned[:, 5:9] = float("-inf")  # e.g. a VL model's image placeholders, never sampled
+    h = entropy_from_log_probs(banned.log_softmax(-1))
+    assert torch.isfinite(h).all()
+    torch.testing.assert_close(h.double(), reference_entropy(torch.cat([x[:, :5], x[:, 9:]], -1)), atol=1e-5, rtol=1e-5)
 
 
 def test_chunking_gives_identical_results():

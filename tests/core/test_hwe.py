@@ -63,11 +63,14 @@ def test_stateful_threshold_ema_and_state_dict():
         HWEThreshold(momentum=0.0)
 
 
-def test_batch_value_uses_configured_statistic():
-    win = torch.tensor([[1.0], [2.0], [9.0]])
-    valid = torch.ones(3, 1, dtype=torch.bool)
-    assert float(HWEThreshold(reduce="median").batch_value(win, valid)) == 2.0
-    assert float(HWEThreshold().batch_value(win, valid)) == 4.0
+def test_tau_batch_from_quantiles_uses_configured_statistic():
+    win = torch.tensor([[1.0, 0.0], [2.0, 0.0], [9.0, 0.0], [5.0, 0.0]])
+    valid = torch.tensor([[True, False], [True, False], [True, False], [False, False]])  # row 3: no window
+    for reduce, expect in (("median", 2.0), ("mean", 4.0)):
+        tau = HWEThreshold(reduce=reduce)
+        q = tau.quantiles(win, valid)
+        assert q.tolist() == [1.0, 2.0, 9.0]  # the row without a valid window is left out
+        assert float(tau.from_quantiles(q)) == expect == float(hwe_threshold(win, valid, reduce=reduce))
 
 
 def test_hwe_mask_threshold_validity_and_triggers():

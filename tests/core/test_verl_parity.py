@@ -12,7 +12,18 @@ import verl.utils.torch_functional as verl_F
 from omegaconf import OmegaConf
 from verl.trainer.ppo import core_algos
 
-from ares_lit.core import AGG_MODES, aggregate, grpo_advantages, kl_estimate, policy_loss, rloo_advantages, token_entropy
+from verl.workers.config import ActorConfig
+
+from ares_lit.core import (
+    AGG_MODES,
+    aggregate,
+    get_policy_loss,
+    grpo_advantages,
+    kl_estimate,
+    policy_loss,
+    rloo_advantages,
+    token_entropy,
+)
 
 
 def _batch(seed=0, bsz=24, length=17):
@@ -89,3 +100,72 @@ def test_entropy_matches_verl():
     logits = torch.randn(3, 11, 2000) * 4
     torch.testing.assert_close(token_entropy(logits), verl_F.entropy_from_logits(logits), atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(token_entropy(logits, budget_bytes=1), verl_F.entropy_from_logits(logits), atol=2e-5, rtol=1e-5)
+
+
+def _actor_config(clip_low=0.2, clip_high=0.3, **global_batch_info):
+    """verl's GSPO and CISPO losses insist on an ActorConfig (they read clip_ratio_low/high)."""
+    return ActorConfig(
+        strategy="fsdp", rollout_n=8, ppo_micro_batch_size_per_gpu=4, clip_ratio=clip_low,
+        clip_ratio_low=clip_low, clip_ratio_high=clip_high, global_batch_info=global_batch_info,
+    )
+
+
+def _loss_inputs(seed):
+    """Token and sequence ratios far enough from 1 that clipping fires (verl multiplies by the mask,
+    so the values off the mask stay finite here)."""
+    ids, mask, rewards, _, logp, old, _ = _batch(seed)
+    adv = grpo_advantages(rewards, torch.as_tensor(ids))
+    g = torch.Generator().manual_seed(seed)
+    seq_shift = torch.randn(len(ids), 1, generator=g) * 0.3  # GSPO: sequence ratios on both sides of the clip
+    old = old - seq_shift
+    return mask, adv, logp, old
+
+
+@pytest.mark.parametrize("name", ["gspo", "cispo"])
+@pytest.mark.parametrize("mode", AGG_MODES)
+@pytest.mark.parametrize("adv_shape", ["sequence", "token"])
+def test_gspo_and_cispo_match_verl(name, mode, adv_shape):
+    """Loss, gradient and metrics equal verl 0.9.1's `compute_policy_loss_gspo` / `_cispo`."""
+    mask, adv, logp, old = _loss_inputs(5)
+    adv_tok = adv[:, None].expand_as(mask).contiguous()
+    theirs_lp = logp.clone().requires_grad_(True)
+    theirs, their_metrics = core_algos.get_policy_loss_fn(name)(old, theirs_lp, adv_tok, mask, mode, _actor_config())
+    theirs.backward()
+    ours_lp = logp.clone().requires_grad_(True)
+    ours, metrics = get_policy_loss(name)(
+        ours_lp, old, adv if adv_shape == "sequence" else adv_tok, mask.bool(), clip_low=0.2, clip_high=0.3, agg=mode
+    )
+    ours.backward()
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ours_lp.grad, theirs_lp.grad, atol=1e-7, rtol=1e-6)
+    for key, their_key in (("clipfrac", "pg_clipfrac"), ("clipfrac_lower", "pg_clipfrac_lower"), ("ppo_kl", "ppo_kl")):
+        assert metrics[key].item() == pytest.approx(their_metrics[f"actor/{their_key}"], abs=1e-6)
+    assert 0.05 < metrics["clipfrac"].item() < 0.95  # the batch exercises clipping
+    assert ours_lp.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["vanilla", "gspo", "cispo"])
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_micro_batches_match_verl_global_batch_normalisation(name, mode):
+    """Our `normalizer` / `horizon` per micro-batch = verl's global_batch_info (batch_num_tokens,
+    global_batch_size, loss_scale_factor): micro-batch losses add up to the mini-batch's, as in verl."""
+    mask, adv, logp, old = _loss_inputs(6)
+    adv_tok = adv[:, None].expand_as(mask).contiguous()
+    tokens, seqs = int(mask.sum()), int((mask.sum(-1) > 0).sum())
+    normalizer = tokens if mode == "token-mean" else seqs
+    horizon = 40  # a fixed horizon for seq-mean-token-sum-norm, longer than the padded length
+    info = {"dp_size": 1, "batch_num_tokens": tokens, "global_batch_size": seqs, "loss_scale_factor": horizon}
+    if name == "vanilla":
+        config = OmegaConf.create(
+            {"clip_ratio": 0.2, "clip_ratio_low": 0.2, "clip_ratio_high": 0.3, "clip_ratio_c": 3.0, "global_batch_info": info}
+        )
+    else:
+        config = _actor_config(**info)
+    total = 0.0
+    for rows in torch.arange(len(adv)).split(5):
+        ours, _ = get_policy_loss(name)(logp[rows], old[rows], adv[rows], mask[rows], agg=mode, normalizer=normalizer, horizon=horizon)
+        theirs, _ = core_algos.get_policy_loss_fn(name)(old[rows], logp[rows], adv_tok[rows], mask[rows], mode, config)
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
+        total += float(ours)
+    whole, _ = get_policy_loss(name)(logp, old, adv, mask, agg=mode, horizon=horizon)
+    assert total == pytest.approx(float(whole), rel=1e-5, abs=1e-6)

@@ -1,12 +1,23 @@
-"""AEPOModule's loss on a tiny random Qwen2: micro-batching, KL coefficients, validation."""
+"""AEPOModule's loss on a tiny random Qwen2: micro-batching, policy losses, KL coefficients,
+validation, and a fit without a RolloutCallback."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from ares_lit.batch import RolloutBatch
-from ares_lit.core import DynamicKL
+from ares_lit.core import POLICY_LOSSES, DynamicKL, get_policy_loss
 from ares_lit.models.tiny import build_tiny_qwen2
 from ares_lit.modules.aepo import AEPOModule
+from callbacks.dynamic_kl import DynamicKLCallback
+from tests.e2e.aepo_overlay import write_overlay
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +64,40 @@ def grads_of(module, rb, micro):
     return total, grads
 
 
+@pytest.mark.parametrize("loss", ["vanilla", "gspo", "cispo"])
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
-def test_micro_batches_add_up_to_the_mini_batch(module, agg):
-    module.hparams.loss_agg = agg
-    rb = rollout(module)
-    whole, g_whole = grads_of(module, rb, micro=8)
-    parts, g_parts = grads_of(module, rb, micro=2)
+def test_micro_batches_add_up_to_the_mini_batch(module, agg, loss):
+    module.hparams.loss_agg, module.hparams.policy_loss = agg, loss
+    try:
+        rb = rollout(module)
+        whole, g_whole = grads_of(module, rb, micro=8)
+        parts, g_parts = grads_of(module, rb, micro=2)
+    finally:
+        module.hparams.loss_agg, module.hparams.policy_loss = "token-mean", "vanilla"
     assert parts == pytest.approx(whole, rel=1e-5, abs=1e-6)
     for name in g_whole:
         torch.testing.assert_close(g_parts[name], g_whole[name], atol=1e-6, rtol=1e-4, msg=name)
-    module.hparams.loss_agg = "token-mean"
+
+
+def test_policy_loss_option_selects_the_registered_loss(module):
+    rb = rollout(module)
+    micro = rb.select(torch.arange(rb.size))
+    norm = module._normalizer(rb.response_mask)
+    log_probs, _ = module.score(module.policy, rb.input_ids, rb.attention_mask, rb.response_len, 1.0)
+    seen = {}
+    for name in ("vanilla", "gspo", "cispo"):
+        module.hparams.policy_loss = name
+        try:
+            _, metrics, _ = module._micro_loss(micro, rb.response_len, 1.0, norm)
+        finally:
+            module.hparams.policy_loss = "vanilla"
+        expect, expect_metrics = get_policy_loss(name)(
+            log_probs, rb.old_log_probs, rb.advantages, rb.response_mask, 0.2, 0.3, 3.0, normalizer=norm
+        )
+        assert float(metrics["pg_loss"]) == pytest.approx(float(expect), rel=1e-5, abs=1e-6)
+        assert float(metrics["clipfrac"]) == pytest.approx(float(expect_metrics["clipfrac"]), abs=1e-6)
+        seen[name] = float(metrics["pg_loss"])
+    assert len(set(seen.values())) == 3, seen  # three different losses
 
 
 def test_kl_term_uses_dynamic_coefficients_with_rho_in_windows(module):
@@ -90,3 +125,43 @@ def test_bad_config_fails_at_construction():
         AEPOModule(loss_agg="token-sum")
     with pytest.raises(ValueError, match="kl_estimator"):
         AEPOModule(kl_estimator="k9")
+    with pytest.raises(ValueError, match=r"model.policy_loss must be one of \['cispo', 'gspo', 'vanilla'.*got 'ppo'"):
+        AEPOModule(policy_loss="ppo")
+    assert {"vanilla", "gspo", "cispo"} <= set(POLICY_LOSSES)
+
+
+# ------------------------------------------------------------------ kl_coef: one source of truth
+def test_dynamic_kl_starts_from_the_models_kl_coef(module):
+    cb = DynamicKLCallback()
+    module.hparams.kl_coef = 0.05
+    try:
+        cb.setup(None, module, "fit")
+        assert cb.controller.kappa.tolist() == [0.05, 0.05, 0.05]
+        DynamicKLCallback(kl_coef=0.05).setup(None, module, "fit")  # an equal explicit value is accepted
+        with pytest.raises(ValueError, match=r"DynamicKLCallback.kl_coef=0.02 conflicts with model.kl_coef=0.05"):
+            DynamicKLCallback(kl_coef=0.02).setup(None, module, "fit")
+        module.hparams.kl_coef = 0.0
+        with pytest.raises(ValueError, match=r"model.kl_coef=0.0 is DynamicKLCallback's initial"):
+            DynamicKLCallback().setup(None, module, "fit")
+    finally:
+        module.hparams.kl_coef = 0.01
+    # a checkpoint's κ (restored after setup) replaces the start value
+    cb.load_state_dict({"kappa": [0.03, 0.04, 0.06]})
+    assert cb.controller.kappa.tolist() == [0.03, 0.04, 0.06]
+
+
+# ------------------------------------------------------------------ fail fast without rollouts
+def test_fit_without_rollout_callback_fails_before_the_first_step(tmp_path):
+    """A config whose callbacks lack RolloutCallback exits non-zero, naming it, before any step."""
+    overlay = write_overlay(tmp_path, "hf", steps=2)
+    text = overlay.read_text()
+    text, removed = re.subn(r"    - class_path: callbacks\.rollout\.RolloutCallback\n(?:      .*\n)+", "", text)
+    assert removed == 1
+    overlay.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ARES_LIT_CACHE": str(tmp_path.parent / "ares_cache")}
+    cmd = [sys.executable, "-m", "ares_lit", "fit", "--config", str(ROOT / "configs/aepo.yaml"), "--config", str(overlay)]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0
+    assert "callbacks.rollout.RolloutCallback" in res.stderr and "none is attached" in res.stderr, res.stderr[-3000:]
+    assert not (tmp_path / "ckpt").exists()  # no step ran (a checkpoint is written after every step)
+    assert not list((tmp_path / "runs").rglob("hf_model"))  # and no untrained policy was exported

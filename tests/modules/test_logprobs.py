@@ -56,3 +56,13 @@ def test_gradients_match_full_forward(tiny_model):
     for n, p in tiny_model.named_parameters():
         torch.testing.assert_close(p.grad, ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
     tiny_model.zero_grad()
+
+
+def test_entropy_is_the_same_with_and_without_gradients(tiny_model):
+    """The training pass (gradients) and the scoring pass (no gradients) share one entropy formula."""
+    ids, mask = _batch(tiny_model.config.vocab_size)
+    with torch.no_grad():
+        _, ent = response_logprobs(tiny_model, ids, mask, 6, temperature=0.7, with_entropy=True, budget_bytes=1)
+    lp, ent_grad = response_logprobs(tiny_model, ids, mask, 6, temperature=0.7, with_entropy=True, budget_bytes=1)
+    assert lp.requires_grad and not ent_grad.requires_grad
+    torch.testing.assert_close(ent_grad, ent, atol=0, rtol=0)
