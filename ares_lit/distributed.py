@@ -35,12 +35,13 @@ def _comm_device() -> torch.device:
 
 
 def world_max(value: int) -> int:
-    """The largest `value` over all ranks (e.g. the most micro-batches any rank must run)."""
+    """The largest `value` over all ranks (e.g. the most micro-batches any rank must run); the
+    identity in a single process. A collective."""
     if world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.long, device=_comm_device())
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.long, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t)
+    return int(t.item())
 
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
@@ -80,12 +81,3 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * n_ranks
     dist.all_gather_object(out, obj)
     return out
-
-
-def world_max(value: int) -> int:
-    """The largest `value` over all ranks (identity in a single process). A collective."""
-    if world_size() == 1:
-        return int(value)
-    t = torch.tensor([int(value)], dtype=torch.long, device=_comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())

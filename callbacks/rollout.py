@@ -1,43 +1,25 @@
 """RolloutCallback: regenerates AEPO samples every training step (ARES_SPEC "AEPO").
 
-On each training batch of prompts it:
- 1. pushes the current policy weights into the rollout engine;
- 2. samples n responses per prompt;
- 3. grades them (math-verify, or a user `path.py:function`);
- 4. drops groups without signal (all right / all wrong) and refills up to `max_refill_tries`;
- 5. computes old log-probs and exact token entropy in one trainer-side pass, and reference
-    log-probs from the frozen reference model;
- 6. computes window entropy, the HWE threshold τ, HWE masks and N_HE;
- 7. assigns difficulty buckets through the DataModule's tracker (before any shaping);
- 8. computes the shaped rewards R = R_acc + R_entropy (+ w_fmt·R_format);
- 9. computes advantages (grpo, drgrpo or rloo);
-10. hands the finished `RolloutBatch` to the module as `batch["rollout"]`.
+The Lightning side of the step. At the start of each training batch it pushes the current policy
+weights into the rollout engine, then hands the prompts, the engine, the grader, the DataModule's
+difficulty tracker and the module's scorers to `ares_lit.experience.make_experience`, which does
+the rest as plain code (sample, grade, bucket, filter and refill, score, τ, HWE, T_d and α_d,
+shaped reward, advantages), and puts the finished `RolloutBatch` in `batch["rollout"]` for the
+module. It also owns the engine's life cycle, which the module's validation borrows.
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
+from functools import partial
 
 import lightning.pytorch as pl
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
-from ares_lit.batch import RolloutBatch
-from ares_lit.distributed import world_max
+from ares_lit.core import HWEThreshold, get_advantage_estimator
+from ares_lit.experience import ExperienceConfig, grade_responses, make_experience
+from ares_lit.experience.groups import timer
 from ares_lit.modules.zero import gathered_parameters, zero3_enabled
-from ares_lit.core import (
-    BUCKET_NAMES,
-    HWEThreshold,
-    count_hwe,
-    entropy_shaping_reward,
-    get_advantage_estimator,
-    hwe_mask,
-    hwe_window_mask,
-    informative_groups,
-    total_reward,
-    window_entropy,
-)
+from ares_lit.progress import report_phase
 
 __all__ = ["RolloutCallback"]
 
@@ -131,21 +113,10 @@ class RolloutCallback(pl.Callback):
         get_advantage_estimator(advantage)  # fails early on an unknown name
         self.engine_name = engine
         self.engine_kwargs = dict(engine_kwargs or {})
-        self.n = n
-        self.temperature = temperature
-        self.top_p = top_p
-        self.top_k = top_k
         self.max_new_tokens = max_new_tokens
-        self.window = window
         self.hwe = HWEThreshold(hwe_quantile, hwe_statistic, hwe_momentum)
         self.trigger_filter = trigger_filter
         self.trigger_words = trigger_words
-        self.advantage = advantage
-        self.entropy_reward = entropy_reward
-        self.filter_groups = filter_groups
-        self.filter_low = filter_low
-        self.filter_high = filter_high
-        self.max_refill_tries = max_refill_tries
         self.format_weight = format_weight
         self.grade_timeout = grade_timeout
         from ares_lit.grading import ANSWER_FALLBACKS
@@ -153,14 +124,29 @@ class RolloutCallback(pl.Callback):
         if answer_fallback not in ANSWER_FALLBACKS:
             raise ValueError(f"answer_fallback must be one of {ANSWER_FALLBACKS}; got {answer_fallback!r}")
         self.answer_fallback = answer_fallback
-        self.shaping = {
-            "margin_frac": tuple(margin_frac),
-            "huber_kappa": tuple(huber_kappa),
-            "sigmoid_temp": tuple(sigmoid_temp),
-            "cap_scale": tuple(cap_scale),
-            "wrong_scale": tuple(wrong_scale),
-        }
-        self.num_text_samples = num_text_samples
+        self.config = ExperienceConfig(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            window=window,
+            advantage=advantage,
+            entropy_reward=entropy_reward,
+            filter_groups=filter_groups,
+            filter_low=filter_low,
+            filter_high=filter_high,
+            max_refill_tries=max_refill_tries,
+            format_weight=format_weight,
+            shaping={
+                "margin_frac": tuple(margin_frac),
+                "huber_kappa": tuple(huber_kappa),
+                "sigmoid_temp": tuple(sigmoid_temp),
+                "cap_scale": tuple(cap_scale),
+                "wrong_scale": tuple(wrong_scale),
+            },
+            num_text_samples=num_text_samples,
+        )
         self.max_empty_steps = max_empty_steps
         self._consecutive_empty = 0
         self.seed = seed
@@ -187,16 +173,32 @@ class RolloutCallback(pl.Callback):
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from ares_lit.grading import Grader
-
+        self.grader = self._grader(probe=self.reward_fn is None)  # a user reward_fn replaces math-verify
         self._start_engine(trainer, pl_module)
-        self.grader = Grader(timeout=self.grade_timeout, answer_fallback=self.answer_fallback)
         self._log_data_summary(trainer, trainer.datamodule)
         if self.trigger_filter:
             from ares_lit.triggers import DEFAULT_TRIGGER_WORDS, trigger_token_ids
 
             words = self.trigger_words or DEFAULT_TRIGGER_WORDS
             self._trigger_ids = trigger_token_ids(pl_module.tokenizer, words)
+
+    def _grader(self, probe: bool):
+        """The math-verify grader; with `probe`, it must first accept one known pair, so that a broken
+        install fails now, not after `max_empty_steps` steps in which every answer counted as wrong."""
+        from ares_lit.grading import Grader
+
+        grader = Grader(timeout=self.grade_timeout, answer_fallback=self.answer_fallback)
+        if probe and not grader.grade("\\boxed{1/2}", "0.5"):
+            stats = dict(grader.stats)
+            grader.close()
+            raise RuntimeError(
+                "the math-verify grader failed its start-up check (\\boxed{1/2} graded against 0.5 was not "
+                f"accepted; counters {stats}). Check that math-verify is installed in this Python "
+                "(pip install 'math-verify>=0.8') and that a grading subprocess can start, or pass a "
+                "rollout reward_fn (path.py:function) to grade without it."
+            )
+        grader.stats = dict.fromkeys(grader.stats, 0)  # the logged grading/* counters count training answers only
+        return grader
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # `python -m ares_lit validate|test` never calls on_fit_start: the engine starts here.
@@ -216,10 +218,15 @@ class RolloutCallback(pl.Callback):
         from ares_lit.rollout import build_engine
 
         dm = trainer.datamodule
-        max_prompt = int(getattr(dm, "max_prompt_length", 0) or 0)
+        max_prompt = int(_data_setting(dm, "max_prompt_length") or 0)
         kwargs = dict(self.engine_kwargs)
         self.processor = self._vision_processor(pl_module, dm)
         if self.engine_name == "vllm":
+            if not max_prompt and "max_model_len" not in kwargs:
+                raise ValueError(
+                    "the vllm engine's context is data max_prompt_length + max_new_tokens, and the DataModule has no "
+                    "max_prompt_length: set engine_kwargs.max_model_len, or use data_modules.prompts.PromptDataModule"
+                )
             kwargs.setdefault("max_model_len", max_prompt + self.max_new_tokens)
             if kwargs["max_model_len"] < max_prompt + self.max_new_tokens:
                 raise ValueError(
@@ -259,8 +266,8 @@ class RolloutCallback(pl.Callback):
             processor = VisionProcessor.from_pretrained(
                 pl_module.resolved_model_path,
                 tokenizer=pl_module.tokenizer,
-                min_pixels=getattr(dm, "min_pixels", None) or DEFAULT_MIN_PIXELS,
-                max_pixels=getattr(dm, "max_pixels", None) or DEFAULT_MAX_PIXELS,
+                min_pixels=_data_setting(dm, "min_pixels") or DEFAULT_MIN_PIXELS,
+                max_pixels=_data_setting(dm, "max_pixels") or DEFAULT_MAX_PIXELS,
             )
         return processor
 
@@ -303,292 +310,69 @@ class RolloutCallback(pl.Callback):
 
     # ------------------------------------------------------------------ the step
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        """Push the weights, then build this step's `RolloutBatch` with the experience pipeline."""
         timings: dict[str, float] = {}
-        with _timer(timings, "weight_sync"):
+        report_phase(trainer, "weight_sync")
+        with timer(timings, "weight_sync"):
             # Under ZeRO-3 each parameter is gathered (collectively) and pushed on its own, never the whole model.
             self.engine.load_weights(gathered_parameters(pl_module.policy, zero3_enabled(trainer.strategy)))
-        prompts = list(batch["prompts"])
         dm = trainer.datamodule
-        step_seed = self.seed + trainer.global_step
-        with _timer(timings, "generation"):
-            groups = self._sample(prompts, step_seed)
-        with _timer(timings, "grading"):
-            self._grade(groups)
-        self._assign_buckets(dm, groups)
-        dropped = 0
-        refills = 0
-        if self.filter_groups:
-            kept = self._informative(groups)
-            dropped = len(groups) - len(kept)
-            while len(kept) < len(prompts) and refills < self.max_refill_tries:
-                refills += 1
-                extra = dm.refill_prompts(len(prompts) - len(kept))
-                with _timer(timings, "generation"):
-                    more = self._sample(extra, step_seed + 7919 * refills)
-                with _timer(timings, "grading"):
-                    self._grade(more)
-                self._assign_buckets(dm, more)
-                good = self._informative(more)
-                dropped += len(more) - len(good)
-                kept.extend(good)
-            groups = kept[: len(prompts)]
-        self.totals["groups_dropped"] += dropped
-        self.totals["refill_rounds"] += refills
-        # Skipping a step is a decision all ranks share: a rank left without groups while others
-        # have some still takes part in every collective of the step (τ, targets, ZeRO-3 forwards).
-        if world_max(len(groups)) == 0:
-            self.totals["empty_steps"] += 1
-            self._consecutive_empty += 1
-            if self._consecutive_empty >= self.max_empty_steps:
-                raise RuntimeError(
-                    f"{self._consecutive_empty} consecutive rollout steps had no group with both right and wrong "
-                    "answers, so there is nothing to learn. Check that answers match the data (answer_key), "
-                    "that max_new_tokens leaves room for a \\boxed{} answer, or use easier data, a larger n, "
-                    "answer_fallback: last_number, or a reward_fn."
-                )
-            batch["rollout"] = None
-            pl_module.log("rollout/empty_steps", float(self.totals["empty_steps"]), on_step=True)
-            return
-        self._consecutive_empty = 0
-        if not groups:
-            self._take_part_without_rollouts(pl_module, dm)
+        reference = pl_module.reference
+        experience = make_experience(
+            list(batch["prompts"]),
+            self.config,
+            engine=self.engine,
+            grade=partial(
+                grade_responses,
+                grader=self.grader,
+                reward_fn=self.reward_fn,
+                format_weight=self.format_weight,
+                on_progress=partial(report_phase, trainer, "grading"),
+            ),
+            tracker=dm.tracker,
+            refill=dm.refill_prompts,
+            score_policy=partial(pl_module.score, pl_module.policy),
+            score_reference=None if reference is None else partial(pl_module.score, reference),
+            hwe=self.hwe,
+            tokenizer=pl_module.tokenizer,
+            seed=self.seed + trainer.global_step,
+            pixels=None if self.processor is None else self.processor.pixels,
+            trigger_ids=self._trigger_ids,
+            on_phase=partial(report_phase, trainer),
+            timings=timings,
+        )
+        self.totals["groups_dropped"] += experience.groups_dropped
+        self.totals["refill_rounds"] += experience.refill_rounds
+        rollout = experience.rollout
+        if rollout is None:  # no rank kept a group: every rank skips this step's update
+            self._empty_step(pl_module)
             batch["rollout"] = None
             return
         self._consecutive_empty = 0
-        batch["rollout"] = self._finish(pl_module, dm, groups, timings, dropped, refills)
-
-    def _take_part_without_rollouts(self, pl_module, dm) -> None:
-        """This rank kept no group but others did: run the step's collectives with no rows of its own."""
-        from ares_lit.distributed import all_gather_cat
-
-        # The same collectives, in the same order, as `_finish`.
-        pl_module.score(pl_module.policy, None, None, 0, self.temperature, True)
-        if pl_module.reference is not None:
-            pl_module.score(pl_module.reference, None, None, 0, self.temperature)
-        empty = torch.zeros(0, 1, device=pl_module.device)
-        tau_batch = self.hwe.from_quantiles(all_gather_cat(self.hwe.quantiles(empty, empty.bool())))
-        self.hwe.update(tau_batch)
-        dm.tracker.update_targets(torch.zeros(0), torch.zeros(0, dtype=torch.long))
-
-    # ------------------------------------------------------------------ pieces
-    def _sample(self, prompts: list[dict], seed: int) -> list[dict]:
-        from ares_lit.rollout import SamplingConfig
-
-        if not prompts:
-            return []
-        sampling = SamplingConfig(
-            n=self.n,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            max_tokens=self.max_new_tokens,
-            seed=seed,
-        )
-        images = [p.get("images") or None for p in prompts]
-        images = images if any(images) else None
-        outputs = self.engine.generate([p["prompt_ids"] for p in prompts], sampling, images=images)
-        return [{"prompt": p, "completions": c} for p, c in zip(prompts, outputs)]
-
-    def _grade(self, groups: list[dict]) -> None:
-        texts = [c.text for g in groups for c in g["completions"]]
-        golds = [g["prompt"]["answer"] for g in groups for _ in g["completions"]]
-        if self.reward_fn is not None:
-            raw = self.reward_fn(texts, golds)
-            acc = [float(r["accuracy"] if isinstance(r, dict) else r) for r in raw]
-            fmt = [float(r.get("format", 0.0)) if isinstance(r, dict) else 0.0 for r in raw]
-        else:
-            acc = [float(x) for x in self.grader.grade_batch(texts, golds)]
-            fmt = [0.0] * len(texts)
-        if self.format_weight and self.reward_fn is None:
-            from ares_lit.grading import format_ok
-
-            fmt = [float(format_ok(t)) for t in texts]
-        i = 0
-        for g in groups:
-            k = len(g["completions"])
-            g["accuracy"] = torch.tensor(acc[i : i + k], dtype=torch.float32)
-            g["format"] = torch.tensor(fmt[i : i + k], dtype=torch.float32)
-            i += k
-
-    def _assign_buckets(self, dm, groups: list[dict]) -> None:
-        """Buckets come from the current rollouts' group accuracy, before any shaped reward."""
-        if not groups:
-            return
-        acc = torch.stack([g["accuracy"].mean() for g in groups])
-        buckets = dm.tracker.assign([g["prompt"]["id"] for g in groups], acc)
-        for g, b in zip(groups, buckets.tolist()):
-            g["bucket"] = b
-
-    def _informative(self, groups: list[dict]) -> list[dict]:
-        if not groups:
-            return []
-        means = torch.stack([g["accuracy"].mean() for g in groups])
-        keep_group = informative_groups(torch.arange(len(groups)), means, self.filter_low, self.filter_high)
-        return [g for g, k in zip(groups, keep_group.tolist()) if k]
-
-    def _finish(self, pl_module, dm, groups: list[dict], timings: dict, dropped: int, refills: int) -> RolloutBatch:
-        tok = pl_module.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        prompt_ids = [g["prompt"]["prompt_ids"] for g in groups for _ in g["completions"]]
-        responses = [c.token_ids for g in groups for c in g["completions"]]
-        group_ids = torch.repeat_interleave(
-            torch.arange(len(groups)), torch.tensor([len(g["completions"]) for g in groups])
-        )
-        n = len(responses)
-        # Prompts left-padded to P, responses right-padded to R (at least 1 column).
-        prompts_t = pad_sequence([torch.tensor(p, dtype=torch.long) for p in prompt_ids], True, pad, "left")
-        resp_t = pad_sequence([torch.tensor(r, dtype=torch.long) for r in responses] + [torch.zeros(1, dtype=torch.long)], True, pad)[:n]
-        p_len, r_len = prompts_t.shape[1], resp_t.shape[1]
-        p_lens = torch.tensor([len(p) for p in prompt_ids])
-        r_lens = torch.tensor([len(r) for r in responses])
-        response_mask = torch.arange(r_len)[None, :] < r_lens[:, None]
-        prompt_mask = torch.arange(p_len)[None, :] >= (p_len - p_lens)[:, None]
-        input_ids = torch.cat([prompts_t, torch.where(response_mask, resp_t, pad)], dim=1)
-        attention = torch.cat([prompt_mask, response_mask], dim=1).long()
-
-        multimodal = self._multimodal_rows(groups)
-        with _timer(timings, "logprobs"):
-            old_lp, entropy = pl_module.score(
-                pl_module.policy, input_ids, attention, r_len, self.temperature, True, multimodal
-            )
-            ref_lp = None
-            if pl_module.reference is not None:
-                ref_lp, _ = pl_module.score(
-                    pl_module.reference, input_ids, attention, r_len, self.temperature, False, multimodal
-                )
-        dev = old_lp.device
-        response_mask = response_mask.to(dev)
-        entropy = entropy.to(dev)
-        win, valid = window_entropy(entropy, response_mask, self.window)
-        from ares_lit.distributed import all_gather_cat
-
-        # τ_batch over the q_i of every rank's responses, so all ranks mark HWE tokens alike.
-        tau_batch = self.hwe.from_quantiles(all_gather_cat(self.hwe.quantiles(win, valid)))
-        tau = self.hwe.update(tau_batch)
-        threshold = float("nan") if tau is None else tau
-        triggers = None
-        if self._trigger_ids is not None:
-            from ares_lit.triggers import trigger_mask
-
-            triggers = trigger_mask(input_ids[:, p_len:].to(dev), self._trigger_ids)
-        hwe = hwe_mask(win, valid, threshold, triggers)
-        n_hwe = count_hwe(hwe)
-        window_mask = hwe_window_mask(hwe, self.window, response_mask)
-
-        accuracy = torch.cat([g["accuracy"] for g in groups]).to(dev)
-        fmt = torch.cat([g["format"] for g in groups]).to(dev)
-        bucket = torch.tensor([g["bucket"] for g in groups for _ in g["completions"]], dtype=torch.long, device=dev)
-        # Collective under DDP: T_d, α_d and the prompt histories come from every rank's rollouts.
-        targets, alpha = dm.tracker.update_targets(n_hwe.cpu(), bucket.cpu())
-        targets, alpha = targets.to(dev), alpha.to(dev)
-        correct = accuracy >= 0.5
-        if self.entropy_reward:
-            r_ent = entropy_shaping_reward(n_hwe, targets[bucket], bucket, correct, alpha[bucket], **self.shaping)
-        else:
-            r_ent = torch.zeros_like(accuracy)
-        reward = total_reward(accuracy, r_ent, fmt, self.format_weight)
-        advantages = get_advantage_estimator(self.advantage)(reward, group_ids.to(dev))
-
-        lengths = response_mask.sum(-1).float()
-        gen_tokens = float(lengths.sum())
-        engine_lp = [c.logprobs for g in groups for c in g["completions"]]
-        gap = _logprob_gap(engine_lp, old_lp, response_mask)
-        metrics = {f"time/{k}": v for k, v in timings.items()}
-        metrics["rollout/tokens_per_s"] = gen_tokens / max(timings.get("generation", 0.0), 1e-9)
-        metrics["rollout/groups_dropped"] = float(dropped)
-        metrics["rollout/refill_rounds"] = float(refills)
-        metrics["rollout/num_samples"] = float(n)
-        metrics["hwe/threshold"] = threshold
-        metrics["hwe/threshold_batch"] = float(tau_batch)
-        if gap is not None:
-            metrics["rollout/engine_logprob_gap"] = gap
         if self.grader is not None:
-            metrics.update({f"grading/{k}": float(v) for k, v in self.grader.stats.items()})
-        for d, name in enumerate(BUCKET_NAMES):
-            metrics[f"bucket/{name}/target"] = float(targets[d])
-            metrics[f"bucket/{name}/alpha"] = float(alpha[d])
-        extras = {
-            "accuracy": accuracy,
-            "reward": reward,
-            "entropy_reward": r_ent,
-            "response_length": lengths,
-            "n_hwe": n_hwe,
-            "target": targets[bucket],
-            "alpha": alpha[bucket],
-            "token_entropy": entropy[response_mask],
-            "group_ids": group_ids.to(dev),
-        }
-        samples = self._text_samples(tok, groups, hwe, p_len, input_ids, reward, r_ent, bucket)
-        return RolloutBatch(
-            input_ids=input_ids,
-            attention_mask=attention,
-            response_mask=response_mask,
-            old_log_probs=old_lp,
-            ref_log_probs=ref_lp,
-            advantages=advantages,
-            bucket=bucket,
-            window_mask=window_mask,
-            temperature=self.temperature,
-            extras=extras,
-            metrics=metrics,
-            samples=samples,
-            multimodal=multimodal,
-        )
+            rollout.metrics.update({f"grading/{k}": float(v) for k, v in self.grader.stats.items()})
+        # A rank without rows of its own hands over nothing; the module still runs its share of
+        # the update's collectives (AEPOModule.training_step plans by the largest rank).
+        batch["rollout"] = rollout if rollout.size > 0 else None
 
-    def _multimodal_rows(self, groups: list[dict]) -> list | None:
-        """Per rollout row, its prompt's pixels and grid (shared by the group's n rows); None for text."""
-        if not any(g["prompt"].get("images") for g in groups):
-            return None
-        rows = []
-        for g in groups:
-            images = g["prompt"].get("images")
-            mm = self.processor.pixels(images) if images else None
-            rows += [mm] * len(g["completions"])
-        return rows
-
-    def _text_samples(self, tok, groups, hwe, p_len, input_ids, reward, r_ent, bucket) -> list[dict]:
-        """A few responses with HWE tokens marked as ⟦token⟧, for the TensorBoard text panel."""
-        out = []
-        k = 0
-        for g in groups:
-            if len(out) >= self.num_text_samples:
-                break
-            c = g["completions"][0]
-            marks = hwe[k, : len(c.token_ids)].tolist()
-            pieces = [
-                f"⟦{tok.decode([t])}⟧" if m else tok.decode([t]) for t, m in zip(c.token_ids, marks)
-            ]
-            out.append(
-                {
-                    "question": g["prompt"].get("question", ""),
-                    "answer": g["prompt"]["answer"],
-                    "bucket": BUCKET_NAMES[int(bucket[k])],
-                    "reward": float(reward[k]),
-                    "entropy_reward": float(r_ent[k]),
-                    "correct": bool(g["accuracy"][0] >= 0.5),
-                    "response": "".join(pieces),
-                }
+    def _empty_step(self, pl_module: pl.LightningModule) -> None:
+        """Count a step in which every group was all right or all wrong; stop after too many in a row."""
+        self.totals["empty_steps"] += 1
+        self._consecutive_empty += 1
+        if self._consecutive_empty >= self.max_empty_steps:
+            raise RuntimeError(
+                f"{self._consecutive_empty} consecutive rollout steps had no group with both right and wrong "
+                "answers, so there is nothing to learn. Check that answers match the data (answer_key), "
+                "that max_new_tokens leaves room for a \\boxed{} answer, or use easier data, a larger n, "
+                "answer_fallback: last_number, or a reward_fn."
             )
-            k += len(g["completions"])
-        return out
+        pl_module.log("rollout/empty_steps", float(self.totals["empty_steps"]), on_step=True)
 
 
-def _logprob_gap(engine_lp: list, trainer_lp: torch.Tensor, mask: torch.Tensor) -> float | None:
-    """Mean |engine log-prob - trainer log-prob| over sampled tokens (a weight-sync health check)."""
-    if any(lp is None for lp in engine_lp):
-        return None
-    eng = torch.zeros_like(trainer_lp)
-    for i, lp in enumerate(engine_lp):
-        if lp:
-            eng[i, : len(lp)] = torch.tensor(lp, dtype=trainer_lp.dtype)
-    diff = (eng - trainer_lp).abs()
-    return float(diff[mask].mean()) if bool(mask.any()) else None
-
-
-@contextmanager
-def _timer(timings: dict, key: str):
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+def _data_setting(dm, name: str):
+    """A DataModule setting, as an attribute or (LightningDataModule.save_hyperparameters) in
+    `hparams`; None when it has neither."""
+    value = getattr(dm, name, None)
+    if value is None:
+        value = (getattr(dm, "hparams", None) or {}).get(name)
+    return value

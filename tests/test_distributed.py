@@ -74,7 +74,8 @@ def test_single_process_is_identity():
     # The tracker records at once and updates from this process's data alone.
     tracker, hwe = DifficultyTracker(alpha_eta=0.1), HWEThreshold()
     targets, alpha, tau = run_step(tracker, 0, hwe)
-    assert tracker.history_of("shared") == [0.0] and tracker.bucket_of("c") is None
+    state = tracker.state_dict()
+    assert state["history"]["shared"] == [0.0] and "c" not in state["bucket"]
     assert targets.tolist() == [4.0, 8.0, 1.0] and alpha.tolist() == [0.5, 0.5, 0.5]
     assert tau == pytest.approx(float(hwe_threshold(RANK_WIN[0], RANK_VALID[0])))
 

@@ -18,7 +18,7 @@ from ares_lit.core.buckets import BUCKET_NAMES, EASY, HARD, MEDIUM, NUM_BUCKETS,
 from ares_lit.core.entropy import entropy_from_log_probs, token_entropy, window_entropy
 from ares_lit.core.groups import group_mean, group_stats, informative_groups
 from ares_lit.core.hwe import HWEThreshold, count_hwe, hwe_mask, hwe_threshold, hwe_window_mask, sequence_quantiles
-from ares_lit.core.kl import KL_KINDS, DynamicKL, kl_estimate
+from ares_lit.core.kl import KL_KINDS, DynamicKL, kl_estimate, nonwindow_kl
 from ares_lit.core.losses import (
     AGG_MODES,
     POLICY_LOSSES,
@@ -64,6 +64,7 @@ __all__ = [
     "hwe_window_mask",
     "informative_groups",
     "kl_estimate",
+    "nonwindow_kl",
     "masked_mean",
     "policy_loss",
     "register_advantage",

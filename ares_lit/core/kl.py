@@ -12,7 +12,7 @@ import torch
 
 from ares_lit.core.buckets import NUM_BUCKETS
 
-__all__ = ["KL_KINDS", "kl_estimate", "DynamicKL"]
+__all__ = ["KL_KINDS", "kl_estimate", "DynamicKL", "nonwindow_kl"]
 
 _ALIASES = {"kl": "k1", "mse": "k2", "low_var_kl": "k3"}
 KL_KINDS = ("k1", "k2", "k3", "abs", *_ALIASES)
@@ -95,3 +95,26 @@ class DynamicKL:
 
     def load_state_dict(self, state: dict) -> None:
         self.kappa = torch.tensor(state["kappa"], dtype=torch.float64).reshape(NUM_BUCKETS)
+
+
+def nonwindow_kl(
+    kl_tok: torch.Tensor, response_mask: torch.Tensor, window_mask: torch.Tensor, bucket: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-bucket sums of k3 and token counts over response tokens OUTSIDE validated HWE windows.
+
+    ARES_SPEC "Dynamic KL": κ_d is updated from KL_d, the mean k3 over bucket d's non-window
+    tokens, all-reduced across ranks; KL_d = Σ sums / Σ counts over micro-batches and ranks.
+
+    Args:
+        kl_tok: [N, R] per-token k3 (detached here).
+        response_mask, window_mask: [N, R] bool.
+        bucket: [N] long.
+
+    Returns:
+        (kl_sum [3] fp64, kl_count [3] fp64) on kl_tok's device.
+    """
+    outside = response_mask & ~window_mask
+    onehot = torch.nn.functional.one_hot(bucket, NUM_BUCKETS).to(torch.float64)
+    kl_sum = onehot.T @ (kl_tok.detach().double() * outside).sum(-1)
+    kl_cnt = onehot.T @ outside.sum(-1).double()
+    return kl_sum, kl_cnt

@@ -24,7 +24,8 @@ import torch
 from ares_lit.distributed import world_max
 
 from ares_lit.batch import RolloutBatch
-from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, POLICY_LOSSES, aggregate, get_policy_loss, kl_estimate
+from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, POLICY_LOSSES, aggregate, get_policy_loss, kl_estimate, nonwindow_kl
+from ares_lit.progress import report_phase
 from ares_lit.modules.validation import ValidationMixin, ValidationSettings
 from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.zero import adamw, param_shape, shard_for_inference, zero3_enabled
@@ -263,6 +264,8 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         kl_sum, kl_cnt = self._zero_kl_stats()
         sums: dict[str, float] = {}
         num_updates = 0
+        planned_updates = hp.ppo_epochs * -(-n_max // hp.mini_batch_size)
+        report_phase(self._trainer, "update", 0, planned_updates)
         for epoch in range(hp.ppo_epochs):
             order = torch.randperm(n, device=self.device) if epoch > 0 else torch.arange(n, device=self.device)
             for mb_start in range(0, n_max, hp.mini_batch_size):
@@ -285,10 +288,9 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
                         # Loss terms are already normalised by the mini-batch total: they add up.
                         sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k in _LOSS_KEYS else share)
                     if epoch == 0 and kl_tok is not None:
-                        outside = micro["response_mask"] & ~micro["window_mask"]
-                        onehot = torch.nn.functional.one_hot(micro["bucket"], NUM_BUCKETS).to(torch.float64)
-                        kl_sum += onehot.T @ (kl_tok.detach().double() * outside).sum(-1)
-                        kl_cnt += onehot.T @ outside.sum(-1).double()
+                        s, c = nonwindow_kl(kl_tok, micro["response_mask"], micro["window_mask"], micro["bucket"])
+                        kl_sum += s
+                        kl_cnt += c
                 engine = self._deepspeed_engine()
                 grad_norm = self._grad_norm() if engine is None else 0.0
                 if hp.grad_clip > 0 and engine is None:
@@ -300,6 +302,7 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
                 sched.step()
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
                 num_updates += 1
+                report_phase(self._trainer, "update", num_updates, planned_updates)
         self.kl_stats = (kl_sum, kl_cnt) if self.reference is not None else None
         logs = {f"train/{k}": v / num_updates for k, v in sums.items()}
         logs["train/lr"] = sched.get_last_lr()[0]

@@ -1,6 +1,7 @@
 """RolloutCallback + AEPOModule in a real Trainer on a tiny random Qwen2 (component level)."""
 
 import json
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -104,11 +105,71 @@ def test_policy_learns_a_verifiable_toy_reward(tmp_path, tiny_path):
     assert len(acc) == 12
     first, last = sum(acc[:3]) / 3, sum(acc[-3:]) / 3
     assert last > first + 0.25, acc
+    # The step reported its phases to the progress display, in order, with progress counts.
+    step = logs.phases[: logs.phases.index(("scoring", 1, 2)) + 1]
+    assert step[:4] == [("weight_sync", None, None), ("generation", 0, 4), ("grading", 0, 32), ("grading", 32, 32)]
+    assert step[-2:] == [("scoring", 0, 2), ("scoring", 1, 2)]
+    assert {p for p, _, _ in step} == {"weight_sync", "generation", "grading", "scoring"}
 
 
 class RecordAccuracy(pl.Callback):
     def __init__(self):
         self.accuracy = []
+        self.phases = []
+
+    def on_rollout_phase(self, phase, done, total):
+        self.phases.append((phase, done, total))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.accuracy.append(float(batch["rollout"].extras["accuracy"].mean()))
+
+
+class BrokenWorker:
+    """What a grading worker does when math-verify cannot be imported in it: it never gets ready."""
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("grading worker failed to start")
+
+
+def test_fit_start_fails_fast_when_math_verify_cannot_grade(monkeypatch):
+    import ares_lit.grading
+
+    monkeypatch.setattr(ares_lit.grading, "_Worker", BrokenWorker)
+    rollout = RolloutCallback(engine="hf")
+    started = []
+    monkeypatch.setattr(rollout, "_start_engine", lambda *a: started.append(True))
+    with pytest.raises(RuntimeError, match=r"math-verify grader failed its start-up check.*reward_fn"):
+        rollout.on_fit_start(None, None)
+    assert not started  # before the engine (the expensive part) starts
+
+
+def test_a_user_reward_fn_skips_the_grader_probe(monkeypatch, tmp_path):
+    import ares_lit.grading
+
+    monkeypatch.setattr(ares_lit.grading, "_Worker", BrokenWorker)
+    reward = write_reward(tmp_path / "r.py", "def f(responses, answers):\n    return [1.0 for _ in responses]\n")
+    rollout = RolloutCallback(engine="hf", reward_fn=f"{reward}:f")
+    monkeypatch.setattr(rollout, "_start_engine", lambda *a: None)
+    monkeypatch.setattr(rollout, "_log_data_summary", lambda *a: None)
+    rollout.on_fit_start(SimpleNamespace(datamodule=None), None)  # no probe, no error
+
+
+def test_the_grader_probe_passes_and_leaves_the_counters_at_zero(monkeypatch):
+    rollout = RolloutCallback(engine="hf")
+    monkeypatch.setattr(rollout, "_start_engine", lambda *a: None)
+    monkeypatch.setattr(rollout, "_log_data_summary", lambda *a: None)
+    rollout.on_fit_start(SimpleNamespace(datamodule=None), None)
+    try:
+        assert rollout.grader is not None and set(rollout.grader.stats.values()) == {0}
+    finally:
+        rollout.teardown_engine()
+
+
+def test_the_engine_context_comes_from_the_data_modules_max_prompt_length(tmp_path, tiny_path):
+    """vLLM's max_model_len is data max_prompt_length + max_new_tokens; the DataModule may keep the
+    setting in `hparams` only (a silent 0 there would cut every response short)."""
+    from callbacks.rollout import _data_setting
+
+    data = PromptDataModule(path=write_prompts(tmp_path / "p.jsonl"), tokenizer_path=tiny_path, max_prompt_length=96)
+    assert _data_setting(data, "max_prompt_length") == 96
+    assert _data_setting(object(), "max_prompt_length") is None

@@ -1,0 +1,222 @@
+"""One AEPO step's experience, start to finish: prompts in, a `RolloutBatch` out.
+
+    collect_groups      sample → grade → buckets (from accuracy) → group filter → refill
+    [every rank empty?] skip the step (a shared decision: world_max)
+    pack_groups         padded tensors, verl's layout
+    score_rollouts      old log-probs + exact entropy (policy), reference log-probs
+    window_entropy      H̄_{t:w}
+    hwe_threshold_step  τ (all ranks' q_i)
+    hwe_tokens          HWE mask, N_HE, validated windows
+    bucket_controllers  T_d, α_d (the tracker; all ranks)
+    shaped_reward       R = R_acc + R_entropy (+ w_fmt·R_format)
+    group_advantages    A_i
+
+A rank that kept no group runs every stage after the skip decision on zero rows: its scorer still
+runs its dummy forwards, and it still joins the τ gather and the tracker's update, so the
+collectives of all ranks match by construction. Plain code, no Lightning: `RolloutCallback` is
+the Lightning side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ares_lit.batch import RolloutBatch
+from ares_lit.core import BUCKET_NAMES, HWEThreshold, window_entropy
+from ares_lit.distributed import world_max
+from ares_lit.experience.config import ExperienceConfig
+from ares_lit.experience.groups import Grade, PromptGroup, _no_report, collect_groups
+from ares_lit.experience.scoring import RolloutTensors, Scorer, pack_groups, score_rollouts
+from ares_lit.experience.shaping import bucket_controllers, group_advantages, hwe_threshold_step, hwe_tokens, shaped_reward
+from ares_lit.rollout.base import RolloutEngine
+
+__all__ = ["Experience", "make_experience", "build_rollout_batch", "text_samples", "logprob_gap"]
+
+
+@dataclass
+class Experience:
+    """The result of one step's `make_experience`."""
+
+    rollout: RolloutBatch | None
+    """This rank's batch (possibly 0 rows); None when NO rank kept a group: the step is skipped."""
+    groups_dropped: int
+    """Groups this rank's filter dropped."""
+    refill_rounds: int
+    """Refill rounds this rank ran."""
+
+
+def make_experience(
+    prompts: list[dict],
+    cfg: ExperienceConfig,
+    *,
+    engine: RolloutEngine,
+    grade: Grade,
+    tracker,
+    refill: Callable[[int], list[dict]],
+    score_policy: Scorer,
+    score_reference: Scorer | None,
+    hwe: HWEThreshold,
+    tokenizer,
+    seed: int,
+    pixels: Callable | None = None,
+    trigger_ids: torch.Tensor | None = None,
+    on_phase: Callable[..., None] = _no_report,
+    timings: dict | None = None,
+) -> Experience:
+    """Prompts → `RolloutBatch` (module docstring). `tracker` has `assign` and `update_targets`
+    (`DifficultyTracker`); `hwe` holds τ across steps; `tokenizer` gives the pad id and decodes
+    the text panel; `on_phase(phase, done, total)` reports progress."""
+    timings = {} if timings is None else timings
+    collected = collect_groups(
+        prompts, cfg, engine=engine, grade=grade, tracker=tracker, refill=refill, seed=seed, on_phase=on_phase, timings=timings
+    )
+    # Skipping is a decision all ranks share; a rank without groups while others have some goes on
+    # with zero rows through the same stages (and collectives) as they do.
+    if world_max(len(collected.groups)) == 0:
+        return Experience(None, collected.dropped, collected.refills)
+    rollout = build_rollout_batch(
+        collected.groups,
+        cfg,
+        tracker=tracker,
+        score_policy=score_policy,
+        score_reference=score_reference,
+        hwe=hwe,
+        tokenizer=tokenizer,
+        pixels=pixels,
+        trigger_ids=trigger_ids,
+        on_phase=on_phase,
+        timings=timings,
+    )
+    rollout.metrics["rollout/groups_dropped"] = float(collected.dropped)
+    rollout.metrics["rollout/refill_rounds"] = float(collected.refills)
+    return Experience(rollout, collected.dropped, collected.refills)
+
+
+def build_rollout_batch(
+    groups: list[PromptGroup],
+    cfg: ExperienceConfig,
+    *,
+    tracker,
+    score_policy: Scorer,
+    score_reference: Scorer | None,
+    hwe: HWEThreshold,
+    tokenizer,
+    pixels: Callable | None = None,
+    trigger_ids: torch.Tensor | None = None,
+    on_phase: Callable[..., None] = _no_report,
+    timings: dict | None = None,
+) -> RolloutBatch:
+    """Graded, bucketed groups (zero of them on a rank that kept none) → the training batch."""
+    timings = {} if timings is None else timings
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = pack_groups(groups, pad, pixels)
+    old_lp, entropy, ref_lp = score_rollouts(rows, score_policy, score_reference, cfg.temperature, on_phase, timings)
+    dev = old_lp.device
+    response_mask = rows.response_mask.to(dev)
+    entropy = entropy.to(dev)
+    win, valid = window_entropy(entropy, response_mask, cfg.window)
+    tau_batch, tau = hwe_threshold_step(hwe, win, valid)
+    threshold = math.nan if tau is None else tau
+    hwe_m, n_hwe, window_mask = hwe_tokens(win, valid, threshold, cfg.window, response_mask, rows.response_ids, trigger_ids)
+
+    accuracy = _rows(groups, "accuracy", dev)
+    fmt = _rows(groups, "format", dev)
+    bucket = torch.tensor([g.bucket for g in groups for _ in g.completions], dtype=torch.long, device=dev)
+    targets, alpha = bucket_controllers(tracker, n_hwe, bucket)
+    reward, r_ent = shaped_reward(
+        accuracy, fmt, n_hwe, bucket, targets, alpha,
+        entropy_reward=cfg.entropy_reward, format_weight=cfg.format_weight, shaping=cfg.shaping,
+    )  # fmt: skip
+    advantages = group_advantages(reward, rows.group_ids, cfg.advantage)
+
+    lengths = response_mask.sum(-1).float()
+    extras = {
+        "accuracy": accuracy,
+        "reward": reward,
+        "entropy_reward": r_ent,
+        "response_length": lengths,
+        "n_hwe": n_hwe,
+        "target": targets[bucket],
+        "alpha": alpha[bucket],
+        "token_entropy": entropy[response_mask],
+        "group_ids": rows.group_ids.to(dev),
+    }
+    metrics = _metrics(groups, rows, old_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha)
+    samples = text_samples(tokenizer, groups, hwe_m, rows, reward, r_ent, bucket, cfg.num_text_samples)
+    return RolloutBatch(
+        input_ids=rows.input_ids,
+        attention_mask=rows.attention_mask,
+        response_mask=response_mask,
+        old_log_probs=old_lp,
+        ref_log_probs=ref_lp,
+        advantages=advantages,
+        bucket=bucket,
+        window_mask=window_mask,
+        temperature=cfg.temperature,
+        extras=extras,
+        metrics=metrics,
+        samples=samples,
+        multimodal=rows.multimodal,
+    )
+
+
+def _rows(groups: list[PromptGroup], key: str, device) -> torch.Tensor:
+    """A per-response tensor field of the groups, concatenated ([0] fp32 without groups)."""
+    parts = [getattr(g, key) for g in groups]
+    return (torch.cat(parts) if parts else torch.zeros(0)).to(device)
+
+
+def _metrics(groups, rows: RolloutTensors, old_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha) -> dict:
+    """The step's scalars: timings, throughput, τ, T_d and α_d, and the engine/trainer log-prob gap."""
+    gen_tokens = float(lengths.sum())
+    metrics = {f"time/{k}": v for k, v in timings.items()}
+    metrics["rollout/tokens_per_s"] = gen_tokens / max(timings.get("generation", 0.0), 1e-9)
+    metrics["rollout/num_samples"] = float(rows.input_ids.shape[0])
+    metrics["hwe/threshold"] = threshold
+    metrics["hwe/threshold_batch"] = tau_batch
+    gap = logprob_gap([c.logprobs for g in groups for c in g.completions], old_lp, response_mask)
+    if gap is not None:
+        metrics["rollout/engine_logprob_gap"] = gap
+    for d, name in enumerate(BUCKET_NAMES):
+        metrics[f"bucket/{name}/target"] = float(targets[d])
+        metrics[f"bucket/{name}/alpha"] = float(alpha[d])
+    return metrics
+
+
+def text_samples(tokenizer, groups, hwe, rows: RolloutTensors, reward, r_ent, bucket, limit: int) -> list[dict]:
+    """The first response of the first `limit` groups, HWE tokens marked as ⟦token⟧ (text panel)."""
+    out = []
+    k = 0
+    for g in groups[:limit]:
+        c = g.completions[0]
+        marks = hwe[k, : len(c.token_ids)].tolist()
+        pieces = [f"⟦{tokenizer.decode([t])}⟧" if m else tokenizer.decode([t]) for t, m in zip(c.token_ids, marks)]
+        out.append(
+            {
+                "question": g.prompt.get("question", ""),
+                "answer": g.prompt["answer"],
+                "bucket": BUCKET_NAMES[int(bucket[k])],
+                "reward": float(reward[k]),
+                "entropy_reward": float(r_ent[k]),
+                "correct": bool(g.accuracy[0] >= 0.5),
+                "response": "".join(pieces),
+            }
+        )
+        k += len(g.completions)
+    return out
+
+
+def logprob_gap(engine_lp: list, trainer_lp: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """Mean |engine log-prob - trainer log-prob| over sampled tokens (a weight-sync health check)."""
+    if any(lp is None for lp in engine_lp):
+        return None
+    eng = torch.zeros_like(trainer_lp)
+    for i, lp in enumerate(engine_lp):
+        if lp:
+            eng[i, : len(lp)] = torch.tensor(lp, dtype=trainer_lp.dtype)
+    diff = (eng - trainer_lp).abs()
+    return float(diff[mask].mean()) if bool(mask.any()) else None

@@ -1,0 +1,127 @@
+"""Pad the kept groups into trainer tensors and score them: old log-probs, exact entropy, reference.
+
+ARES_SPEC "Token entropy": H_t comes from the trainer-side forward pass that already yields the old
+log-probs. Scoring is a callable, so this file needs no model:
+
+    score(input_ids, attention_mask, response_len, temperature, with_entropy, multimodal)
+        -> (log_probs [N, R], entropy [N, R] or None)
+
+`AEPOModule.score` bound to the policy (or to the reference) is one. It is a collective under
+ZeRO-3: every rank calls it the same number of times, also with zero rows (it then runs dummy
+forwards to match the other ranks). A rank without groups therefore goes through the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from ares_lit.experience.groups import PromptGroup, _no_report, timer
+
+__all__ = ["RolloutTensors", "Scorer", "pack_groups", "multimodal_rows", "score_rollouts"]
+
+Scorer = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class RolloutTensors:
+    """The kept groups as padded tensors, verl's layout (see `ares_lit.batch.RolloutBatch`)."""
+
+    input_ids: torch.Tensor
+    """[N, P + R] long: prompts left-padded to P, responses right-padded to R."""
+    attention_mask: torch.Tensor
+    """[N, P + R] long."""
+    response_mask: torch.Tensor
+    """[N, R] bool: real response tokens."""
+    group_ids: torch.Tensor
+    """[N] long: index of each row's group (its prompt)."""
+    prompt_len: int
+    """P."""
+    multimodal: list | None = None
+    """Per row, its prompt's `MultimodalInputs` (or None); None for text-only batches."""
+
+    @property
+    def response_len(self) -> int:
+        return int(self.response_mask.shape[1])
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_len :]
+
+
+def multimodal_rows(groups: list[PromptGroup], pixels: Callable | None) -> list | None:
+    """Per rollout row, its prompt's pixels and grid (shared by the group's rows); None for text."""
+    if not any(g.prompt.get("images") for g in groups):
+        return None
+    rows = []
+    for g in groups:
+        images = g.prompt.get("images")
+        mm = pixels(images) if images else None
+        rows += [mm] * len(g.completions)
+    return rows
+
+
+def pack_groups(groups: list[PromptGroup], pad_id: int, pixels: Callable | None = None) -> RolloutTensors:
+    """Left-pad prompts to P and right-pad responses to R (at least 1 column), concatenated.
+
+    Zero groups give N = 0 rows of the same layout, so the stages after this one run unchanged.
+    `pixels(images)` turns a prompt's images into `MultimodalInputs` (vision-language policies).
+    """
+    prompt_ids = [g.prompt["prompt_ids"] for g in groups for _ in g.completions]
+    responses = [c.token_ids for g in groups for c in g.completions]
+    sizes = torch.tensor([len(g.completions) for g in groups], dtype=torch.long)
+    group_ids = torch.repeat_interleave(torch.arange(len(groups)), sizes)
+    n = len(responses)
+    # A zero-length sentinel keeps pad_sequence defined with no rows; an empty one-token response
+    # sentinel keeps R >= 1.
+    prompts_t = pad_sequence(
+        [torch.tensor(p, dtype=torch.long) for p in prompt_ids] + [torch.zeros(0, dtype=torch.long)], True, pad_id, "left"
+    )[:n]
+    resp_t = pad_sequence(
+        [torch.tensor(r, dtype=torch.long) for r in responses] + [torch.zeros(1, dtype=torch.long)], True, pad_id
+    )[:n]
+    p_len, r_len = prompts_t.shape[1], resp_t.shape[1]
+    p_lens = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
+    r_lens = torch.tensor([len(r) for r in responses], dtype=torch.long)
+    response_mask = torch.arange(r_len)[None, :] < r_lens[:, None]
+    prompt_mask = torch.arange(p_len)[None, :] >= (p_len - p_lens)[:, None]
+    input_ids = torch.cat([prompts_t, torch.where(response_mask, resp_t, pad_id)], dim=1)
+    attention = torch.cat([prompt_mask, response_mask], dim=1).long()
+    return RolloutTensors(input_ids, attention, response_mask, group_ids, p_len, multimodal_rows(groups, pixels))
+
+
+def score_rollouts(
+    rows: RolloutTensors,
+    score_policy: Scorer,
+    score_reference: Scorer | None,
+    temperature: float,
+    on_phase: Callable[..., None] = _no_report,
+    timings: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Old log-probs and exact token entropy H_t (policy, one pass), and reference log-probs.
+
+    ARES_SPEC "Token entropy" (exact, fp32, at the sampling temperature) and "Dynamic KL" (the
+    frozen reference). Always calls the scorers, also with N = 0 rows: they are collectives.
+
+    Returns:
+        (old_log_probs [N, R], entropy [N, R], ref_log_probs [N, R] or None).
+    """
+    timings = {} if timings is None else timings
+    passes = 1 if score_reference is None else 2
+    r_len = rows.response_len
+    with timer(timings, "logprobs"):
+        on_phase("scoring", 0, passes)
+        old_lp, entropy = score_policy(rows.input_ids, rows.attention_mask, r_len, temperature, True, rows.multimodal)
+        ref_lp = None
+        if score_reference is not None:
+            on_phase("scoring", 1, passes)
+            ref_lp, _ = score_reference(rows.input_ids, rows.attention_mask, r_len, temperature, False, rows.multimodal)
+    n = rows.input_ids.shape[0]
+    if n == 0:  # a scorer may answer zero rows with any 0-row shape (and no entropy): fix the layout
+        empty = torch.zeros(0, r_len, device=old_lp.device)
+        old_lp, entropy = empty, empty.clone()
+        ref_lp = None if ref_lp is None else empty.clone()
+    return old_lp, entropy, ref_lp

@@ -1,0 +1,122 @@
+"""From scored rollouts to advantages: τ, HWE tokens and windows, T_d and α_d, shaped reward.
+
+The AEPO stages of ARES_SPEC after scoring, in the order the step runs them. The equations live
+in `ares_lit.core`; these functions wire them to the step's collaborators and collectives:
+
+- `hwe_threshold_step`: τ from every rank's q_i (one all-gather);
+- `hwe_tokens`: m_{i,t}, N_HE,i and the validated windows;
+- `bucket_controllers`: T_d and α_d from the tracker (a collective under DDP);
+- `shaped_reward`, `group_advantages`;
+- `nonwindow_kl` (from `core.kl`): KL_d's sums for the dynamic-KL controller (used by the module after the update).
+
+Plain code, no Lightning. Every function accepts zero rows, so that a rank without groups runs
+the same collectives as the others.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ares_lit.core import (
+    NUM_BUCKETS,
+    HWEThreshold,
+    count_hwe,
+    entropy_shaping_reward,
+    get_advantage_estimator,
+    hwe_mask,
+    hwe_window_mask,
+    nonwindow_kl,
+    total_reward,
+)
+from ares_lit.distributed import all_gather_cat
+
+__all__ = ["hwe_threshold_step", "hwe_tokens", "bucket_controllers", "shaped_reward", "group_advantages", "nonwindow_kl"]
+
+
+def hwe_threshold_step(hwe: HWEThreshold, win: torch.Tensor, valid: torch.Tensor) -> tuple[float, float | None]:
+    """τ_batch and the (optionally EMA-smoothed) τ (ARES_SPEC "HWE threshold").
+
+    q_i is the quantile of response i's window entropies; τ_batch is the mean (or median) of the q_i
+    of every rank's responses, gathered, so all ranks mark HWE tokens alike. A collective.
+
+    Returns:
+        (τ_batch, nan without any valid window; τ after the update, None until the first finite τ_batch).
+    """
+    tau_batch = hwe.from_quantiles(all_gather_cat(hwe.quantiles(win, valid)))
+    return float(tau_batch), hwe.update(tau_batch)
+
+
+def hwe_tokens(
+    win: torch.Tensor,
+    valid: torch.Tensor,
+    threshold: float,
+    window: int,
+    response_mask: torch.Tensor,
+    response_ids: torch.Tensor | None = None,
+    trigger_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HWE tokens m_{i,t} = 1[H̄_{i,t:w} >= τ], N_HE,i = Σ_t m_{i,t}, and the validated windows
+    [t, t+w-1] (ARES_SPEC "HWE tokens"). With `trigger_ids`, the *sampled* token at t
+    (`response_ids`) must also be a trigger word. A nan τ marks nothing.
+
+    Returns:
+        (hwe [N, R] bool, n_hwe [N] fp32, window_mask [N, R] bool).
+    """
+    triggers = None
+    if trigger_ids is not None:
+        from ares_lit.triggers import trigger_mask
+
+        triggers = trigger_mask(response_ids.to(win.device), trigger_ids)
+    hwe = hwe_mask(win, valid, threshold, triggers)
+    return hwe, count_hwe(hwe), hwe_window_mask(hwe, window, response_mask)
+
+
+def bucket_controllers(tracker, n_hwe: torch.Tensor, bucket: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """T_d and α_d for THIS step's reward (ARES_SPEC "Bucket targets", "Hierarchical entropy reward").
+
+    The tracker folds the step's N_HE in (T_d = mean N_HE of bucket d; α_d moves against the
+    previous T_d) and returns the new T_d and the α_d from before the update. A collective under
+    DDP: T_d, α_d and the prompt histories come from every rank's rollouts.
+
+    Returns:
+        (targets [3], alpha [3]) on n_hwe's device.
+    """
+    targets, alpha = tracker.update_targets(n_hwe.cpu(), bucket.cpu())
+    return targets.to(n_hwe.device), alpha.to(n_hwe.device)
+
+
+def shaped_reward(
+    accuracy: torch.Tensor,
+    fmt: torch.Tensor,
+    n_hwe: torch.Tensor,
+    bucket: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: torch.Tensor,
+    *,
+    entropy_reward: bool = True,
+    format_weight: float = 0.0,
+    shaping: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """R = R_acc + R_entropy (+ w_fmt·R_format) per response (ARES_SPEC "Hierarchical entropy reward").
+
+    R_entropy uses each response's bucket target T_d and scale α_d (`targets[bucket]`,
+    `alpha[bucket]`); a response counts as correct when its accuracy is >= 0.5.
+    `entropy_reward=False` gives R_entropy = 0 (plain GRPO rewards).
+
+    Returns:
+        (reward [N], entropy_reward [N]).
+    """
+    if entropy_reward:
+        correct = accuracy >= 0.5
+        r_ent = entropy_shaping_reward(n_hwe, targets[bucket], bucket, correct, alpha[bucket], **(shaping or {}))
+    else:
+        r_ent = torch.zeros_like(accuracy)
+    return total_reward(accuracy, r_ent, fmt, format_weight), r_ent
+
+
+def group_advantages(reward: torch.Tensor, group_ids: torch.Tensor, estimator: str = "grpo") -> torch.Tensor:
+    """A_i from the rewards of each prompt's group, by the registered estimator's name
+    (ARES_SPEC "Advantages": grpo, drgrpo, rloo)."""
+    return get_advantage_estimator(estimator)(reward, group_ids.to(reward.device))
+
+

@@ -1,0 +1,165 @@
+"""The experience pipeline after grading: T_d and α_d in the reward, KL_d for the controller, and one
+code path for a rank without groups (ARES_SPEC "Bucket targets", "Hierarchical entropy reward",
+"Dynamic KL").
+
+Plain code on hand-built tensors and objects, without Lightning. The engine is a scripted one
+(fixed completions per prompt, tests/experience/fakes.py) and the scorers are fakes.
+"""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ares_lit.experience.pipeline as pipeline
+import ares_lit.experience.shaping as shaping
+from ares_lit.core import EASY, HARD, MEDIUM, HWEThreshold, entropy_shaping_reward, hwe_window_mask
+from ares_lit.experience import nonwindow_kl, shaped_reward
+from data_modules.difficulty import DifficultyTracker
+from tests.experience.fakes import FakeScorer, FixedControllers, SpyTracker, prompt, run_step
+
+
+def mixed_prompts():
+    return [prompt("e", 3, length=3), prompt("m", 2), prompt("h", 1, length=4)]
+
+
+def test_the_reward_uses_the_targets_and_alphas_the_tracker_returns():
+    targets, alpha = [28.0, 3.0, 0.5], [0.5, 1.5, 0.25]
+    exp, *_ = run_step(mixed_prompts(), tracker=FixedControllers(targets, alpha))
+    r = exp.rollout
+    b = r.bucket
+    assert b.tolist() == [EASY] * 4 + [MEDIUM] * 4 + [HARD] * 4
+    t, a = torch.tensor(targets)[b], torch.tensor(alpha)[b]
+    torch.testing.assert_close(r.extras["target"], t)
+    torch.testing.assert_close(r.extras["alpha"], a)
+    acc = r.extras["accuracy"]
+    expected = entropy_shaping_reward(r.extras["n_hwe"], t, b, acc >= 0.5, a)
+    assert expected.abs().sum() > 0.1  # the shaping is not trivially zero here
+    torch.testing.assert_close(r.extras["entropy_reward"], expected)
+    torch.testing.assert_close(r.extras["reward"], acc + expected)
+    for d, name in enumerate(("easy", "medium", "hard")):
+        assert r.metrics[f"bucket/{name}/target"] == targets[d]
+        assert r.metrics[f"bucket/{name}/alpha"] == alpha[d]
+
+
+def test_the_reward_uses_this_steps_targets_and_the_alphas_from_before_the_step():
+    """With the real tracker: T_d is this batch's mean N_HE per bucket; α_d is its pre-step value."""
+    inner = DifficultyTracker()
+    inner.targets = torch.tensor([1.0, 2.0, 3.0])  # from an earlier step
+    inner.alpha = torch.tensor([0.3, 1.1, 1.7])
+    alpha_before = inner.alpha.clone()
+    tracker = SpyTracker(inner)
+    exp, *_ = run_step(mixed_prompts(), tracker=tracker)
+    r = exp.rollout
+    b, n_hwe = r.bucket, r.extras["n_hwe"]
+    batch_mean = torch.stack([n_hwe[b == d].mean() for d in range(3)])
+    torch.testing.assert_close(r.extras["target"], batch_mean[b])
+    torch.testing.assert_close(inner.targets, batch_mean)
+    torch.testing.assert_close(r.extras["alpha"], alpha_before[b])
+    assert not torch.allclose(inner.alpha, alpha_before)  # α moved after the step: the test can tell
+    expected = entropy_shaping_reward(n_hwe, batch_mean[b], b, r.extras["accuracy"] >= 0.5, alpha_before[b])
+    torch.testing.assert_close(r.extras["entropy_reward"], expected)
+    (name, call), = [c for c in tracker.calls if c[0] == "update_targets"]
+    torch.testing.assert_close(call["n_hwe"], n_hwe)
+    assert call["bucket"].tolist() == b.tolist()
+
+
+def test_shaped_reward_reproduces_the_case_study():
+    """ARES_SPEC: at α = 0.5, T = 28, a correct easy answer with N_HE = 51 gets -0.5."""
+    reward, r_ent = shaped_reward(
+        torch.tensor([1.0]), torch.zeros(1), torch.tensor([51.0]), torch.tensor([EASY]),
+        torch.tensor([28.0, 0.0, 0.0]), torch.tensor([0.5, 0.0, 0.0]),
+    )  # fmt: skip
+    torch.testing.assert_close(r_ent, torch.tensor([-0.5]))
+    torch.testing.assert_close(reward, torch.tensor([0.5]))
+    reward, r_ent = shaped_reward(
+        torch.tensor([1.0]), torch.ones(1), torch.tensor([51.0]), torch.tensor([EASY]),
+        torch.tensor([28.0, 0.0, 0.0]), torch.tensor([0.5, 0.0, 0.0]), entropy_reward=False, format_weight=0.25,
+    )  # fmt: skip
+    torch.testing.assert_close((reward, r_ent), (torch.tensor([1.25]), torch.tensor([0.0])))
+
+
+def test_kl_for_the_controller_counts_only_tokens_outside_hwe_windows():
+    kl = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0], [5.0, 5.0, 5.0, 5.0]])
+    response = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    window = torch.tensor([[0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    bucket = torch.tensor([EASY, HARD, EASY])
+    expected_sum = torch.tensor([1.0 + 3.0 + 10.0, 0.0, 10.0 + 20.0], dtype=torch.float64)
+    expected_cnt = torch.tensor([4.0, 0.0, 2.0], dtype=torch.float64)
+    kl_sum, kl_cnt = nonwindow_kl(kl, response, window, bucket)
+    torch.testing.assert_close((kl_sum, kl_cnt), (expected_sum, expected_cnt))
+    # Flipping the window mask (inside <-> outside) must change the answer: window tokens never count.
+    flipped = nonwindow_kl(kl, response, ~window & response, bucket)
+    assert not torch.equal(flipped[0], expected_sum) and not torch.equal(flipped[1], expected_cnt)
+    torch.testing.assert_close(flipped[0], torch.tensor([2.0, 0.0, 70.0], dtype=torch.float64))
+
+
+def test_kl_stats_ignore_the_loss_graph():
+    kl = torch.ones(1, 3, requires_grad=True)
+    kl_sum, _ = nonwindow_kl(kl * 2, torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3, dtype=torch.bool), torch.tensor([MEDIUM]))
+    assert not kl_sum.requires_grad and kl_sum.tolist() == [0.0, 6.0, 0.0]
+
+
+def test_the_batch_windows_cover_the_hwe_tokens_of_each_response():
+    exp, *_ = run_step(mixed_prompts())
+    r = exp.rollout
+    assert r.window_mask.any() and not (r.window_mask & ~r.response_mask).any()
+    assert r.metrics["hwe/threshold"] == pytest.approx(r.metrics["hwe/threshold_batch"])
+    tau = r.metrics["hwe/threshold"]
+    ent = (r.input_ids[:, -r.response_len :] % 5).float() / 2  # FakeScorer's entropy
+    win = (ent[:, :-1] + ent[:, 1:]) / 2  # window 2
+    valid = r.response_mask[:, :-1] & r.response_mask[:, 1:]
+    hwe = torch.cat([valid & (win >= tau), torch.zeros(r.size, 1, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(r.extras["n_hwe"], hwe.sum(-1).float())
+    assert torch.equal(r.window_mask, hwe_window_mask(hwe, 2, r.response_mask))
+
+
+class Recorder:
+    """Stands in for a collective and logs that it was called."""
+
+    def __init__(self, log, fn):
+        self.log, self.fn = log, fn
+
+    def __call__(self, x):
+        self.log.append("all_gather")
+        return self.fn(x)
+
+
+def step_with_collectives(monkeypatch, prompts):
+    """One step where another rank kept groups (world_max >= 1); returns (rollout, call log, τ state)."""
+    log = []
+    monkeypatch.setattr(pipeline, "world_max", lambda v: max(int(v), 1))
+    monkeypatch.setattr(shaping, "all_gather_cat", Recorder(log, lambda x: x))
+    hwe = HWEThreshold()
+    policy = FakeScorer(log=log, name="score_policy")
+    exp, _, tracker, _ = run_step(prompts, log=log, scorer=policy, hwe=hwe)
+    return exp.rollout, log, hwe, tracker, policy
+
+
+def test_a_rank_without_groups_runs_the_same_stages_and_collectives(monkeypatch):
+    with_rows, log_a, _, _, _ = step_with_collectives(monkeypatch, mixed_prompts())
+    empty, log_b, hwe, tracker, policy = step_with_collectives(monkeypatch, [prompt("x", 4), prompt("y", 0)])
+    after_grading = ["score_policy", "score_reference", "all_gather", "update_targets"]
+    assert log_a[-4:] == log_b[-4:] == after_grading
+    assert with_rows.size == 12 and empty.size == 0
+    # Zero rows, the same layout: the scorer was still called (it runs its dummy forwards).
+    assert policy.rows == [0]
+    assert empty.input_ids.shape[0] == empty.response_mask.shape[0] == 0 and empty.response_len >= 1
+    assert empty.old_log_probs.shape == empty.ref_log_probs.shape == empty.window_mask.shape == (0, empty.response_len)
+    for v in (empty.advantages, empty.bucket, *empty.extras.values()):
+        assert v.shape[0] == 0
+    (_, call), = [c for c in tracker.calls if c[0] == "update_targets"]
+    assert call["n_hwe"].shape == call["bucket"].shape == (0,)
+    assert hwe.num_updates == 0 and math.isnan(empty.metrics["hwe/threshold_batch"])
+    assert empty.samples == [] and empty.metrics["rollout/groups_dropped"] == 2.0
+
+
+def test_the_experience_pipeline_imports_no_lightning():
+    code = (
+        "import sys, ares_lit.experience\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
