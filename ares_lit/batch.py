@@ -10,7 +10,20 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-__all__ = ["RolloutBatch"]
+__all__ = ["RolloutBatch", "pad_engine_log_probs"]
+
+
+def pad_engine_log_probs(engine_lp: list, like: torch.Tensor) -> torch.Tensor | None:
+    """Per-completion engine log-prob lists → an [N, R] tensor shaped like `like` (zeros past each
+    response); None when any completion has none (an engine that does not report log-probs)."""
+    if any(lp is None for lp in engine_lp):
+        return None
+    out = torch.zeros_like(like)
+    for i, lp in enumerate(engine_lp):
+        lp = lp[: like.shape[1]]
+        if lp:
+            out[i, : len(lp)] = torch.tensor(lp, dtype=like.dtype)
+    return out
 
 
 @dataclass
@@ -31,6 +44,13 @@ class RolloutBatch:
     # Vision-language policies: one MultimodalInputs (pixel_values, image_grid_thw) or None per row;
     # a prompt's n samples share one object. None for text-only batches.
     multimodal: list | None = None
+    # The engine's own log-probs of the sampled tokens ([N, R] fp32, 0 on padding; `Completion.logprobs`
+    # padded like old_log_probs): the train-inference mismatch correction (model.rollout_correction)
+    # weighs tokens by π_old/π_engine. None when the engine returned none.
+    engine_log_probs: torch.Tensor | None = None
+    # The rollout's max_new_tokens: the constant horizon of loss_agg=seq-mean-token-sum-norm
+    # (None: the module falls back to its own model.loss_horizon, else the padded width R).
+    max_new_tokens: int | None = None
 
     @property
     def size(self) -> int:
@@ -57,11 +77,30 @@ class RolloutBatch:
             moved[f.name] = v
         return RolloutBatch(**moved)
 
+    @classmethod
+    def placeholder(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int, with_ref: bool) -> RolloutBatch:
+        """A one-row batch of zeros around `input_ids`, for a zero-weight dummy micro-batch (it only
+        keeps the collective counts equal across ranks)."""
+        dev = input_ids.device
+        zeros = torch.zeros(1, response_len, device=dev)
+        none = torch.zeros(1, response_len, dtype=torch.bool, device=dev)
+        idx = torch.zeros(1, dtype=torch.long, device=dev)
+        return cls(input_ids, attention_mask, ~none, zeros, zeros if with_ref else None, zeros[:, 0], idx, none)
+
+    def loss_counts(self, minis: list[torch.Tensor], token_mean: bool) -> torch.Tensor:
+        """[1, M] fp64: each mini-batch's response tokens (token_mean) or sequences with a token."""
+        counts = torch.zeros(1, len(minis), dtype=torch.float64, device=self.response_mask.device)
+        for j, mini in enumerate(minis):  # a few mini-batches per step, not a loop over tokens
+            m = self.response_mask[mini]
+            counts[0, j] = m.sum() if token_mean else (m.sum(-1) > 0).sum()
+        return counts
+
     def select(self, index: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """The tensors the loss needs, for the rows in `index` (images concatenated in row order)."""
         from ares_lit.vision import merge_multimodal
 
         ref = None if self.ref_log_probs is None else self.ref_log_probs[index]
+        engine = None if self.engine_log_probs is None else self.engine_log_probs[index]
         mm = None
         if self.multimodal is not None:
             mm = merge_multimodal([self.multimodal[i] for i in index.tolist()])
@@ -72,6 +111,7 @@ class RolloutBatch:
             "response_mask": self.response_mask[index],
             "old_log_probs": self.old_log_probs[index],
             "ref_log_probs": ref,
+            "engine_log_probs": engine,
             "advantages": self.advantages[index],
             "bucket": self.bucket[index],
             "window_mask": self.window_mask[index],

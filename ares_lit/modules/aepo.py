@@ -21,9 +21,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from ares_lit.distributed import world_max
-
+from ares_lit.distributed import all_gather_cat, world_max, world_size
 from ares_lit.batch import RolloutBatch
+from ares_lit.core.correction import ROLLOUT_CORRECTIONS, rollout_correction
 from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, POLICY_LOSSES, aggregate, get_policy_loss, kl_estimate, nonwindow_kl
 from ares_lit.progress import report_phase
 from ares_lit.modules.validation import ValidationMixin, ValidationSettings
@@ -57,7 +57,12 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         clip_dual: dual-clip constant c for negative advantages (vanilla only).
         policy_loss: the registered policy loss (core/losses.py): vanilla (PPO clip-higher + dual
             clip), gspo (sequence-level ratio) or cispo (clipped IS weight, stop-gradient).
-        loss_agg: token-mean, seq-mean-token-mean, seq-mean-token-sum or seq-mean-token-sum-norm.
+        loss_agg: token-mean, seq-mean-token-mean, seq-mean-token-sum or seq-mean-token-sum-norm,
+            over the mini-batch's global token (sequence) count, all ranks together, as verl.
+        loss_horizon: seq-mean-token-sum-norm's constant divisor; None = the rollout's max_new_tokens.
+        rollout_correction: train-inference mismatch correction (core/correction.py): None (off),
+            token_tis or seq_mask; needs an engine that returns log-probs.
+        rollout_correction_cap: C, the cap of the ratio π_old/π_engine (>= 1).
         use_kl_loss: add the token-wise KL loss against the frozen reference (loads a second copy).
         kl_estimator: k1, k2, k3 or abs (aliases kl, mse, low_var_kl) for the KL loss.
         kl_coef: β; with DynamicKLCallback, the initial κ_d of every bucket.
@@ -87,6 +92,9 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         clip_dual: float = 3.0,
         policy_loss: str = "vanilla",
         loss_agg: str = "token-mean",
+        loss_horizon: int | None = None,
+        rollout_correction: str | None = None,
+        rollout_correction_cap: float = 2.0,
         use_kl_loss: bool = True,
         kl_estimator: str = "k3",
         kl_coef: float = 0.01,
@@ -103,6 +111,13 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
             raise ValueError(f"model.policy_loss must be one of {sorted(POLICY_LOSSES)}; got {policy_loss!r}")
         if loss_agg not in AGG_MODES:
             raise ValueError(f"model.loss_agg must be one of {AGG_MODES}; got {loss_agg!r}")
+        if rollout_correction not in (None, *ROLLOUT_CORRECTIONS) or rollout_correction_cap < 1.0:
+            raise ValueError(
+                f"model.rollout_correction must be null or one of {ROLLOUT_CORRECTIONS} and model.rollout_correction_cap "
+                f">= 1; got {rollout_correction!r} and {rollout_correction_cap}"
+            )
+        if loss_horizon is not None and loss_horizon < 1:
+            raise ValueError(f"model.loss_horizon must be >= 1 or null (the rollout's max_new_tokens); got {loss_horizon}")
         if kl_estimator not in KL_KINDS:
             raise ValueError(f"model.kl_estimator must be one of {KL_KINDS}; got {kl_estimator!r}")
         if micro_batch_size < 1 or mini_batch_size < micro_batch_size:
@@ -258,6 +273,12 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
             return None
         started = time.perf_counter()
         rollout = rollout.to(self.device) if rollout is not None else None
+        if self.hparams.rollout_correction and rollout is not None and rollout.engine_log_probs is None:
+            raise ValueError(
+                f"model.rollout_correction={self.hparams.rollout_correction} needs the engine's log-probs and this "
+                "rollout has none (the engine returned no Completion.logprobs); set model.rollout_correction: null"
+            )
+        horizon = self._horizon(rollout)
         opt = self.optimizers()
         sched = self.lr_schedulers()
         hp = self.hparams
@@ -268,21 +289,15 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         report_phase(self._trainer, "update", 0, planned_updates)
         for epoch in range(hp.ppo_epochs):
             order = torch.randperm(n, device=self.device) if epoch > 0 else torch.arange(n, device=self.device)
-            for mb_start in range(0, n_max, hp.mini_batch_size):
-                mini = order[mb_start : mb_start + hp.mini_batch_size]
-                normalizer = self._normalizer(rollout.response_mask[mini]) if mini.numel() else 1.0
+            starts = range(0, n_max, hp.mini_batch_size)
+            minis = [order[s : s + hp.mini_batch_size] for s in starts]
+            normalizers = self._normalizers(rollout, minis)
+            for mb_start, mini, normalizer in zip(starts, minis, normalizers):
                 planned = min(hp.mini_batch_size, n_max - mb_start)
-                for mc_start in range(0, planned, hp.micro_batch_size):
-                    rows = mini[mc_start : mc_start + hp.micro_batch_size]
-                    self._accumulation_boundary(mc_start + hp.micro_batch_size >= planned)
-                    if rows.numel() == 0:  # this rank has run out of rows: keep the collective count
-                        micro, r_len, temp = self._dummy_micro(rollout)
-                        loss, _, _ = self._micro_loss(micro, r_len, temp, 1.0)
-                        self.manual_backward(loss * 0.0)
-                        continue
-                    micro = rollout.select(rows)
-                    loss, metrics, kl_tok = self._micro_loss(micro, rollout.response_len, rollout.temperature, normalizer)
+                for loss, metrics, kl_tok, micro in self.mini_batch_losses(rollout, mini, planned, normalizer, horizon):
                     self.manual_backward(loss)
+                    if micro is None:  # a zero-weight dummy: it only keeps the collective count
+                        continue
                     share = micro["input_ids"].shape[0] / mini.numel()
                     for k, v in metrics.items():
                         # Loss terms are already normalised by the mini-batch total: they add up.
@@ -333,28 +348,44 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         if rollout is not None and rollout.size > 0:
             return rollout.select(torch.zeros(1, dtype=torch.long, device=self.device)), rollout.response_len, rollout.temperature
         ids, mask, _, r_len = self._dummy_inputs()
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        zeros = torch.zeros(1, r_len, device=self.device)
-        micro = {
-            "multimodal": None,
-            "input_ids": ids,
-            "attention_mask": mask,
-            "response_mask": torch.ones(1, r_len, dtype=torch.bool, device=self.device),
-            "old_log_probs": zeros,
-            "ref_log_probs": zeros if self.reference is not None else None,
-            "advantages": torch.zeros(1, device=self.device),
-            "bucket": torch.zeros(1, dtype=torch.long, device=self.device),
-            "window_mask": torch.zeros(1, r_len, dtype=torch.bool, device=self.device),
-        }
-        return micro, r_len, 1.0
+        row = RolloutBatch.placeholder(ids.to(self.device), mask.to(self.device), r_len, self.reference is not None)
+        return row.select(torch.zeros(1, dtype=torch.long, device=self.device)), r_len, 1.0
 
-    def _normalizer(self, response_mask: torch.Tensor) -> float:
-        """Global denominator of a mini-batch, so that micro-batch losses add up to the mini-batch loss."""
-        if self.hparams.loss_agg == "token-mean":
-            return float(response_mask.sum().clamp_min(1))
-        return float((response_mask.sum(-1) > 0).sum().clamp_min(1))
+    def mini_batch_losses(self, rollout: RolloutBatch | None, mini: torch.Tensor, planned: int, normalizer: float, horizon: float):
+        """Yield (loss, metrics, k3, micro) per micro-batch of a planned mini-batch, for the caller to backward;
+        a rank out of rows yields zero-weight dummies (micro None): every rank runs the same backwards."""
+        step = self.hparams.micro_batch_size
+        for mc_start in range(0, planned, step):
+            rows = mini[mc_start : mc_start + step]
+            self._accumulation_boundary(mc_start + step >= planned)
+            if rows.numel() == 0:
+                micro, r_len, temp = self._dummy_micro(rollout)
+                loss, _, _ = self._micro_loss(micro, r_len, temp, 1.0)
+                yield loss * 0.0, None, None, None
+                continue
+            micro = rollout.select(rows)
+            loss, metrics, k3 = self._micro_loss(micro, rollout.response_len, rollout.temperature, normalizer, horizon)
+            yield loss, metrics, k3, micro
 
-    def _micro_loss(self, micro: dict, response_len: int, temperature: float, normalizer: float):
+    def _normalizers(self, rollout: RolloutBatch | None, minis: list[torch.Tensor]) -> list[float]:
+        """Each planned mini-batch's loss denominator (verl's global token-mean): its tokens (token-mean) or
+        sequences (seq-mean-*) over ALL ranks, / world_size as DDP averages gradients, so a step is
+        Σ_ranks Σ_tokens ∇ℓ / global count. A collective: every rank calls it once per PPO epoch."""
+        token_mean = self.hparams.loss_agg == "token-mean"
+        none = torch.zeros(1, len(minis), dtype=torch.float64, device=self.device)
+        counts = none if rollout is None else rollout.loss_counts(minis, token_mean)
+        total = all_gather_cat(counts).sum(0)  # [ranks, M] → [M]
+        return (total.clamp_min(1) / world_size()).tolist()
+
+    def _horizon(self, rollout: RolloutBatch | None) -> float | None:
+        """seq-mean-token-sum-norm's constant divisor: model.loss_horizon, else the rollout's
+        max_new_tokens, else (an old pipeline) the padded width; the largest over ranks (a collective)."""
+        if self.hparams.loss_agg != "seq-mean-token-sum-norm":
+            return None
+        h = self.hparams.loss_horizon or (rollout and (rollout.max_new_tokens or rollout.response_len)) or 0
+        return float(world_max(h))
+
+    def _micro_loss(self, micro: dict, response_len: int, temperature: float, normalizer: float, horizon: float | None = None):
         hp = self.hparams
         log_probs, _ = response_logprobs(
             self.policy,
@@ -367,8 +398,12 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
             vision_always=self._vision_always(),
         )
         mask = micro["response_mask"]
-        horizon = response_len if hp.loss_agg == "seq-mean-token-sum-norm" else None
-        agg_kwargs = {"normalizer": normalizer, "horizon": horizon}
+        agg_kwargs = {"normalizer": normalizer, "horizon": horizon or hp.loss_horizon or response_len}
+        corr, tis = {}, {}  # the correction weighs the policy loss only, as verl
+        if hp.rollout_correction and micro.get("engine_log_probs") is not None:
+            corr["weights"], tis = rollout_correction(
+                micro["old_log_probs"], micro["engine_log_probs"], mask, hp.rollout_correction, hp.rollout_correction_cap
+            )
         pg_loss, pg_metrics = get_policy_loss(hp.policy_loss)(
             log_probs,
             micro["old_log_probs"],
@@ -379,8 +414,9 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
             clip_dual=hp.clip_dual,
             agg=hp.loss_agg,
             **agg_kwargs,
+            **corr,
         )
-        metrics = {"pg_loss": pg_loss.detach(), **pg_metrics}
+        metrics = {"pg_loss": pg_loss.detach(), **pg_metrics, **tis}
         loss = pg_loss
         k3 = None
         if self.reference is not None and micro["ref_log_probs"] is not None:

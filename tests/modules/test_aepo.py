@@ -53,7 +53,7 @@ def rollout(module, n=8, p=5, r=7):
 def grads_of(module, rb, micro):
     module.policy.zero_grad()
     idx = torch.arange(rb.size)
-    normalizer = module._normalizer(rb.response_mask)
+    normalizer = module._normalizers(rb, [torch.arange(rb.size)])[0]
     total = 0.0
     for start in range(0, rb.size, micro):
         loss, _, _ = module._micro_loss(rb.select(idx[start : start + micro]), rb.response_len, 1.0, normalizer)
@@ -82,7 +82,7 @@ def test_micro_batches_add_up_to_the_mini_batch(module, agg, loss):
 def test_policy_loss_option_selects_the_registered_loss(module):
     rb = rollout(module)
     micro = rb.select(torch.arange(rb.size))
-    norm = module._normalizer(rb.response_mask)
+    norm = module._normalizers(rb, [torch.arange(rb.size)])[0]
     log_probs, _ = module.score(module.policy, rb.input_ids, rb.attention_mask, rb.response_len, 1.0)
     seen = {}
     for name in ("vanilla", "gspo", "cispo"):
@@ -103,7 +103,7 @@ def test_policy_loss_option_selects_the_registered_loss(module):
 def test_kl_term_uses_dynamic_coefficients_with_rho_in_windows(module):
     rb = rollout(module)
     micro = rb.select(torch.arange(rb.size))
-    norm = module._normalizer(rb.response_mask)
+    norm = module._normalizers(rb, [torch.arange(rb.size)])[0]
     module.kl_controller = None
     _, base, _ = module._micro_loss(micro, rb.response_len, 1.0, norm)
     ctl = DynamicKL(kl_coef=0.01, rho=0.5)
@@ -118,6 +118,48 @@ def test_kl_term_uses_dynamic_coefficients_with_rho_in_windows(module):
     assert float(dyn["pg_loss"]) == pytest.approx(float(base["pg_loss"]), rel=1e-6)  # KL does not touch the PG term
 
 
+# ------------------------------------------------------------------ rollout correction (TIS)
+def test_rollout_correction_weighs_the_policy_loss_by_the_engine_ratio(module):
+    rb = rollout(module)
+    norm = module._normalizers(rb, [torch.arange(rb.size)])[0]
+    _, off, _ = module._micro_loss(rb.select(torch.arange(rb.size)), rb.response_len, 1.0, norm)
+    g = torch.Generator().manual_seed(3)
+    rb.engine_log_probs = rb.old_log_probs - 0.8 * torch.rand(rb.old_log_probs.shape, generator=g)  # ρ up to e^0.8
+    micro = rb.select(torch.arange(rb.size))
+    assert torch.equal(micro["engine_log_probs"], rb.engine_log_probs)  # select slices it
+    module.hparams.rollout_correction = "token_tis"
+    try:
+        _, on, _ = module._micro_loss(micro, rb.response_len, 1.0, norm)
+        rb.engine_log_probs = rb.old_log_probs.clone()  # an engine equal to the trainer
+        _, same, _ = module._micro_loss(rb.select(torch.arange(rb.size)), rb.response_len, 1.0, norm)
+    finally:
+        module.hparams.rollout_correction = None
+    assert abs(float(same["pg_loss"]) - float(off["pg_loss"])) <= 1e-7
+    assert float(same["tis_weight_mean"]) == 1.0 and float(same["tis_truncated_frac"]) == 0.0
+    # with the perturbation: the hand weights min(exp(old - engine), 2) in the registered loss
+    mask = rb.response_mask
+    ratio = torch.exp(rb.old_log_probs - micro["engine_log_probs"])
+    weights = ratio.clamp(max=2.0)
+    log_probs, _ = module.score(module.policy, rb.input_ids, rb.attention_mask, rb.response_len, 1.0)
+    expect, _ = get_policy_loss("vanilla")(log_probs, rb.old_log_probs, rb.advantages, mask, normalizer=norm, weights=weights)
+    assert float(on["pg_loss"]) == pytest.approx(float(expect), rel=1e-5, abs=1e-7)
+    assert float(on["pg_loss"]) != pytest.approx(float(off["pg_loss"]), rel=1e-3)
+    assert float(on["tis_weight_mean"]) == pytest.approx(float(weights[mask].mean()), rel=1e-5)
+    assert float(on["tis_truncated_frac"]) == pytest.approx(float((ratio[mask] > 2).float().mean()), abs=1e-6)
+    assert float(on["tis_truncated_frac"]) > 0  # some tokens were cut to C
+    assert float(on["kl_loss"]) == pytest.approx(float(off["kl_loss"]), rel=1e-6)  # the KL term is not weighted
+
+
+def test_rollout_correction_without_engine_log_probs_fails_with_a_clear_message(module):
+    rb = rollout(module)
+    module.hparams.rollout_correction = "seq_mask"
+    try:
+        with pytest.raises(ValueError, match=r"rollout_correction=seq_mask needs the engine's log-probs"):
+            module.training_step({"rollout": rb}, 0)
+    finally:
+        module.hparams.rollout_correction = None
+
+
 def test_bad_config_fails_at_construction():
     with pytest.raises(ValueError, match="micro_batch_size"):
         AEPOModule(mini_batch_size=2, micro_batch_size=4)
@@ -127,6 +169,12 @@ def test_bad_config_fails_at_construction():
         AEPOModule(kl_estimator="k9")
     with pytest.raises(ValueError, match=r"model.policy_loss must be one of \['cispo', 'gspo', 'vanilla'.*got 'ppo'"):
         AEPOModule(policy_loss="ppo")
+    with pytest.raises(ValueError, match=r"model.rollout_correction must be null or one of \('token_tis', 'seq_mask'\)"):
+        AEPOModule(rollout_correction="tis")
+    with pytest.raises(ValueError, match="rollout_correction_cap"):
+        AEPOModule(rollout_correction="token_tis", rollout_correction_cap=0.5)
+    with pytest.raises(ValueError, match="loss_horizon"):
+        AEPOModule(loss_horizon=0)
     assert {"vanilla", "gspo", "cispo"} <= set(POLICY_LOSSES)
 
 
@@ -165,3 +213,12 @@ def test_fit_without_rollout_callback_fails_before_the_first_step(tmp_path):
     assert "callbacks.rollout.RolloutCallback" in res.stderr and "none is attached" in res.stderr, res.stderr[-3000:]
     assert not (tmp_path / "ckpt").exists()  # no step ran (a checkpoint is written after every step)
     assert not list((tmp_path / "runs").rglob("hf_model"))  # and no untrained policy was exported
+
+
+def test_engine_log_probs_are_padded_like_the_old_log_probs():
+    from ares_lit.batch import pad_engine_log_probs
+
+    like = torch.zeros(3, 3)
+    out = pad_engine_log_probs([[-1.0, -2.0], [], [-0.5, -0.25, -0.125, -9.0]], like)
+    assert out.tolist() == [[-1.0, -2.0, 0.0], [0.0, 0.0, 0.0], [-0.5, -0.25, -0.125]]
+    assert pad_engine_log_probs([[-1.0], None, [-2.0]], like) is None  # an engine without log-probs
