@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 
 from ares_lit.core import BUCKET_NAMES, NUM_BUCKETS
+from ares_lit.tb import tensorboard_writer
 
 __all__ = ["EntropyLoggingCallback"]
 
@@ -71,7 +72,7 @@ class EntropyLoggingCallback(pl.Callback):
             present = counts[d] > 0
             self.history[f"{name}/response_length"].append(float(per_bucket["response_length"][d]) if present else float("nan"))
             self.history[f"{name}/n_hwe"].append(float(per_bucket["n_hwe"][d]) if present else float("nan"))
-        writer = _tensorboard(trainer)
+        writer = tensorboard_writer(trainer)
         if writer is not None and (len(self.history["step"]) - 1) % self.media_every_n_steps == 0:
             self._write_media(writer, rollout, step)
 
@@ -125,14 +126,6 @@ def bucket_means(bucket: torch.Tensor, values: dict[str, torch.Tensor]) -> dict[
         out[key] = torch.where(counts.to(v.device) > 0, sums / counts.to(v.device).clamp_min(1), torch.nan)
     return out
 
-
-def _tensorboard(trainer: pl.Trainer):
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    for lg in trainer.loggers:
-        if isinstance(lg, TensorBoardLogger):
-            return lg.experiment
-    return None
 
 
 def _md(text: str, limit: int = 600) -> str:

@@ -14,7 +14,8 @@ although each rank grades only its own prompts: `update_targets`, called once pe
 rank, gathers the step's records from all ranks (prompt ids and accuracies queued by `assign`,
 N_HE and buckets) and applies them in rank order, so every rank runs the same update on the same
 global batch. `assign` cannot gather itself: refill rounds make its call count differ per rank.
-In a single process nothing is queued or gathered.
+In a single process nothing is queued or gathered. The per-prompt state is read through
+`state_dict()` (checkpoints, analysis); training reads only T_d and α_d.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections import deque
 
 import torch
 
-from ares_lit.core import BUCKET_NAMES, NUM_BUCKETS, assign_buckets, bucket_targets, update_alpha
+from ares_lit.core import NUM_BUCKETS, assign_buckets, bucket_targets, update_alpha
 from ares_lit.distributed import all_gather_cat, all_gather_object, world_size
 
 __all__ = ["DifficultyTracker"]
@@ -123,14 +124,6 @@ class DifficultyTracker:
         if ids:
             self._record(ids, accs)
 
-    def bucket_of(self, prompt_id: str) -> int | None:
-        """The bucket a prompt got when it was last seen, or None if never seen."""
-        return self._bucket.get(str(prompt_id))
-
-    def history_of(self, prompt_id: str) -> list[float]:
-        """The prompt's recent group accuracies, oldest first (at most `history` of them)."""
-        return list(self._history.get(str(prompt_id), ()))
-
     # ---------------------------------------------------------- α and targets
     def update_targets(self, n_hwe: torch.Tensor, bucket: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fold one batch into T_d and α_d; return the (targets, alpha) for THIS batch's reward.
@@ -175,22 +168,6 @@ class DifficultyTracker:
         self.targets = new
         device = n_hwe.device
         return new.to(device), alpha_now.to(device)
-
-    # ----------------------------------------------------------------- logging
-    def bucket_counts(self) -> dict[str, int]:
-        """How many tracked prompts sit in each bucket (by their last assignment)."""
-        counts = torch.bincount(torch.tensor(list(self._bucket.values()), dtype=torch.long), minlength=NUM_BUCKETS)
-        return {name: int(c) for name, c in zip(BUCKET_NAMES, counts.tolist())}
-
-    def summary(self) -> dict[str, float]:
-        """Flat scalars for `self.log_dict`: targets, α, last batch's bucket sizes, tracked prompts."""
-        out: dict[str, float] = {}
-        for d, name in enumerate(BUCKET_NAMES):
-            out[f"difficulty/target_{name}"] = float(self.targets[d])
-            out[f"difficulty/alpha_{name}"] = float(self.alpha[d])
-            out[f"difficulty/batch_{name}"] = float(self.last_batch_counts[d])
-        out["difficulty/tracked_prompts"] = float(len(self._bucket))
-        return out
 
     # -------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:

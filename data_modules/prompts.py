@@ -18,8 +18,8 @@ Loading. `path` is `builtin:math` (data_modules/builtin_math.py), `builtin:visua
 (data_modules/builtin_visual.py; sets `image_key="images"`), their held-out test splits
 `builtin:math:test` / `builtin:visual:test` (TEST_SIZE problems that no train problem equals, by
 construction; see those files), a local .json/.jsonl/.parquet file, or a `datasets` hub name.
-JSON and JSON lines are read by this module, line by line, because `datasets` aborts a whole file
-on one bad line; parquet and hub data go through `load_dataset`.
+Sources are read by data_modules/readers.py (JSON and JSON lines line by line, so that one bad
+line is one `malformed` drop; parquet and hub data through `load_dataset`).
 Column names are checked first, before the tokenizer is even loaded. Then bad rows are dropped
 and counted in `drop_counts`, each under the first reason that applies:
     malformed     unparsable JSON line, a row that is not an object, invalid UTF-8, a lone
@@ -45,6 +45,9 @@ mid-training with "Image features and image tokens do not match".
 Ids are `str(row[id_key])` when `id_key` is set (rows without one fall back), else the first 16
 hex digits of sha1(question + "\\x1f" + answer): stable across runs and machines.
 
+Loading shared with the cold-start stage (tokenizer, image processor, column checks, the common
+columns, images, resumable position) is in data_modules/base.py; the sampler in data_modules/sampler.py.
+
 Resuming. The training loader is sized and single-process, so Lightning neither prefetches from
 it nor runs it in workers: a batch index is drawn from the sampler exactly when the batch is handed
 to the training loop, and `consumed` counts those. The order is a permutation seeded by
@@ -56,21 +59,27 @@ global batch of `batch_size × world_size` prompts.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from ares_lit.models.resolve import attached_policy_path, resolve_model_path
 from ares_lit.prompting import ARES_PROMPT_SUFFIX, build_prompt_text
-from ares_lit.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageError, image_reason, load_image
+from ares_lit.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageError, image_reason
+from data_modules.base import PolicyDataModule
 from data_modules.difficulty import DifficultyTracker
+from data_modules.readers import (  # noqa: F401  (MALFORMED, as_text, ...: their old import path still works)
+    MALFORMED,
+    Source,
+    as_text,
+    choice_options,
+    image_values,
+    load_rows,
+    prompt_id,
+    read_prompt_source,
+)
+from data_modules.sampler import ResumableBatchSampler
 
 __all__ = [
     "DROP_REASONS",
@@ -87,207 +96,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DROP_REASONS = ("malformed", "empty_prompt", "no_answer", "missing_image", "bad_image", "too_long")
-BUILTINS = ("builtin:math", "builtin:math:test", "builtin:visual", "builtin:visual:test")
 _VISUAL_BUILTINS = ("builtin:visual", "builtin:visual:test")
-MALFORMED = object()  # sentinel: a value that cannot be used as text
-_ID_SEP = "\x1f"  # unit separator: ("a", "bc") and ("ab", "c") must not hash alike
-
-
-def prompt_id(question: str, answer: str) -> str:
-    """Stable id of a prompt without an id column: sha1 of question + separator + answer, 16 hex."""
-    return hashlib.sha1(f"{question}{_ID_SEP}{answer}".encode("utf-8")).hexdigest()[:16]
+_COLUMNS = ("question_key", "answer_key", "image_key", "id_key")
 
 
 def collate_prompts(records: list[dict]) -> dict[str, Any]:
     """A training batch: {"prompts": [shallow copies of the records]}, mutable in place."""
     return {"prompts": [dict(r) for r in records]}
-
-
-# ---------------------------------------------------------------------------------------- reading
-def image_values(value: Any) -> list[Any]:
-    """A row's image cell as a list: None -> [], a list/tuple -> itself, one image -> [it]."""
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def as_text(value: Any, numbers_ok: bool) -> Any:
-    """The value as clean text, None when absent, or MALFORMED."""
-    if value is None:
-        return None
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return MALFORMED
-    if isinstance(value, bool):
-        return MALFORMED
-    if numbers_ok and isinstance(value, (int, float)):
-        return str(value) if math.isfinite(value) else MALFORMED
-    if not isinstance(value, str):
-        return MALFORMED
-    try:
-        value.encode("utf-8")  # lone surrogates (e.g. JSON "\ud800") cannot be tokenized or saved
-    except UnicodeEncodeError:
-        return MALFORMED
-    return value.strip()
-
-
-def _read_json_lines(data: bytes) -> tuple[list[Any], int]:
-    """Rows of a JSON-lines file; unreadable lines (bad UTF-8, bad JSON) are counted, not raised."""
-    rows, bad = [], 0
-    for line in data.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            bad += 1
-    return rows, bad
-
-
-def _read_json(path: Path, split: str) -> tuple[list[Any], int]:
-    """A .json file: an array of objects, {split: [...]}, columns {key: [values]}, or JSON lines."""
-    data = path.read_bytes()
-    try:
-        whole = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return _read_json_lines(data)  # JSON lines saved as .json, or a broken file: go line by line
-    if isinstance(whole, list):
-        return whole, 0
-    if isinstance(whole, dict):
-        if isinstance(whole.get(split), list):
-            return whole[split], 0
-        if whole and all(isinstance(v, list) for v in whole.values()):
-            lengths = {len(v) for v in whole.values()}
-            if len(lengths) == 1:
-                keys = list(whole)
-                return [dict(zip(keys, vals)) for vals in zip(*whole.values())], 0
-        return [whole], 0
-    return [whole], 0
-
-
-def load_rows(path: str, split: str) -> tuple[list[Any], list[str], int, str]:
-    """(rows, column names, unreadable line count, display name) of a data source."""
-    if path.startswith("builtin:"):
-        raise ValueError(f"unknown builtin data set {path!r}; available: {list(BUILTINS)}")
-    p = Path(path).expanduser()
-    suffix = p.suffix.lower()
-    if suffix in (".json", ".jsonl", ".parquet") or p.exists():
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"data file {str(p)!r} does not exist (or is not a file); set --data.init_args.path"
-            )
-        if suffix == ".jsonl":
-            rows, bad = _read_json_lines(p.read_bytes())
-        elif suffix == ".json":
-            rows, bad = _read_json(p, split)
-        elif suffix == ".parquet":
-            from datasets import load_dataset  # slow import
-
-            ds = load_dataset("parquet", data_files=str(p), split="train")
-            return list(ds), list(ds.column_names), 0, p.name
-        else:
-            raise ValueError(f"unsupported data file {p.name!r}; use .json, .jsonl or .parquet (or a hub name)")
-        columns: dict[str, None] = {}
-        for row in rows:
-            if isinstance(row, dict):
-                columns.update(dict.fromkeys(row))
-        return rows, list(columns), bad, p.name
-    from datasets import load_dataset
-
-    try:
-        ds = load_dataset(path, split=split)
-    except Exception as err:  # re-raised with what to change
-        raise ValueError(
-            f"could not load {path!r} (split {split!r}) with datasets.load_dataset: {err}. Without a hub "
-            "connection, point --data.init_args.path at a local .json/.jsonl/.parquet file or use 'builtin:math'."
-        ) from err
-    return list(ds), list(ds.column_names), 0, path
-
-
-def _options(value: Any) -> list[str] | dict[str, str] | None:
-    """A multiple-choice cell as a list of texts or a {letter: text} dict; None when absent or unusable.
-
-    Also reads the hub form {"label": [letters], "text": [texts]} (e.g. ARC). An unusable cell (not
-    a list or dict, or an entry that is not text or a number) is ignored rather than dropping the
-    row: the prompt still trains, it is just not graded as a choice.
-    """
-    if isinstance(value, dict) and set(value) == {"label", "text"}:
-        labels, texts = value["label"], value["text"]
-        if isinstance(labels, (list, tuple)) and isinstance(texts, (list, tuple)) and len(labels) == len(texts):
-            value = dict(zip(labels, texts))
-    if isinstance(value, dict):
-        items = {as_text(k, numbers_ok=False): as_text(v, numbers_ok=True) for k, v in value.items()}
-        if items and all(isinstance(k, str) and k and isinstance(v, str) for k, v in items.items()):
-            return items
-        return None
-    if isinstance(value, (list, tuple)):
-        texts = [as_text(v, numbers_ok=True) for v in value]
-        return texts if texts and all(isinstance(t, str) for t in texts) else None
-    return None
-
-
-# ---------------------------------------------------------------------------------------- sampler
-class ResumableBatchSampler(DistributedSampler):
-    """Yields one list of row indices per training step, from a seeded per-epoch permutation.
-
-    Epoch e's order is a permutation seeded by (seed, e) (identity when shuffle is off). Global
-    batch b is rows [b·B·R, (b+1)·B·R) of it, B = batch_size, R = num_replicas; rank r takes its
-    B-slice. The last incomplete batch is dropped. `consumed` counts batches handed out this
-    epoch and iteration restarts from it, so setting (epoch, consumed) resumes mid-epoch.
-
-    It subclasses DistributedSampler only so that Lightning sees a distribution-aware sampler and
-    does not try to wrap it; it shards by rank itself and needs no process group.
-    """
-
-    def __init__(
-        self,
-        num_rows: int,
-        batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        num_replicas: int = 1,
-        rank: int = 0,
-        epoch: int = 0,
-        consumed: int = 0,
-    ) -> None:  # DistributedSampler.__init__ is skipped on purpose: it wants a dataset and a process group
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, num_replicas); got rank={rank}, num_replicas={num_replicas}")
-        self.num_rows = num_rows
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = epoch
-        self.consumed = consumed
-        self.drop_last = True
-
-    def __len__(self) -> int:
-        return self.num_rows // (self.batch_size * self.num_replicas)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this at each epoch start; a new epoch starts from its first batch."""
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self.consumed = 0
-
-    def permutation(self, epoch: int) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.num_rows))
-        return np.random.default_rng([self.seed, epoch, 0]).permutation(self.num_rows).tolist()
-
-    def __iter__(self):
-        n = len(self)
-        if self.consumed >= n:  # a finished epoch iterated again without set_epoch: move on
-            self.epoch, self.consumed = self.epoch + 1, 0
-        order = self.permutation(self.epoch)
-        step = self.batch_size * self.num_replicas
-        for b in range(self.consumed, n):
-            start = b * step + self.rank * self.batch_size
-            self.consumed = b + 1  # counted when handed out, not when collated or trained on
-            yield order[start : start + self.batch_size]
 
 
 class _Records(Dataset):
@@ -305,8 +120,7 @@ class _Records(Dataset):
         return self.records[index]
 
 
-# ------------------------------------------------------------------------------------- datamodule
-class PromptDataModule(LightningDataModule):
+class PromptDataModule(PolicyDataModule):
     """Prompts for AEPO with online difficulty buckets, bad-row accounting and resumable order.
 
     Args:
@@ -387,25 +201,6 @@ class PromptDataModule(LightningDataModule):
         if image_key is None and (path in _VISUAL_BUILTINS or val_path in _VISUAL_BUILTINS):
             image_key = "images"  # before save_hyperparameters, so the logged config says so
         self.save_hyperparameters()
-        self.path = path
-        self.tokenizer_path = tokenizer_path
-        self.question_key = question_key
-        self.answer_key = answer_key
-        self.image_key = image_key
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
-        self.id_key = id_key
-        self.split = split
-        self.builtin_size = builtin_size
-        self.builtin_seed = builtin_seed
-        self.prompt_suffix = prompt_suffix
-        self.system_prompt = system_prompt
-        self.max_prompt_length = max_prompt_length
-        self.batch_size = batch_size
-        self.val_path = val_path
-        self.val_size = val_size
-        self.shuffle = shuffle
-        self.seed = seed
         self.tracker = DifficultyTracker(
             easy_min=easy_min,
             medium_min=medium_min,
@@ -415,15 +210,11 @@ class PromptDataModule(LightningDataModule):
             alpha_bounds=alpha_bounds,
             history=history,
         )
-        self.tokenizer: Any = None  # loaded in setup(); may be set beforehand to share the policy's
-        self.processor: Any = None  # VisionProcessor, built in setup() when image_key is set (or set beforehand)
         self.train_records: list[dict] | None = None
         self.val_records: list[dict] = []
         self.num_rows = 0
         self.drop_counts: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.val_drop_counts: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        self._sampler: ResumableBatchSampler | None = None
-        self._position = {"epoch": 0, "consumed": 0}  # applied when the sampler is built
         self._refill = {"cycle": 0, "pos": 0}
         self._refill_cache: tuple[int, list[int]] | None = None
 
@@ -432,32 +223,27 @@ class PromptDataModule(LightningDataModule):
         """Load, validate and tokenize the prompts (once; later calls are no-ops)."""
         if self.train_records is not None:
             return
-        source = self._read(self.path)
-        val_source = self._read(self.val_path) if self.val_path else None  # columns checked before any tokenizing
-        if self.tokenizer is None and not self.tokenizer_path:
-            self.tokenizer_path = attached_policy_path(self)
-        if self.tokenizer is None and not self.tokenizer_path:
-            raise ValueError(
-                "data.tokenizer_path is not set; set --data.init_args.tokenizer_path to the policy's tokenizer"
-            )
+        hp = self.hparams
+        source, val_source = self.check_columns()  # before any tokenizing
         tokenizer = self._load_tokenizer()
-        if self.image_key:
+        if hp.image_key:
+            self._require_image_template()
             self._load_processor()
-        records, self.drop_counts = self._records(tokenizer, *source)
+        records, self.drop_counts = self._records(tokenizer, source)
         self.num_rows = len(records)
         if val_source is not None:
-            self.val_records, self.val_drop_counts = self._records(tokenizer, *val_source)
-            if self.val_size:
-                self.val_records = self.val_records[: self.val_size]  # the first usable rows, in file order
-        elif self.val_size:
-            if self.val_size >= len(records):
+            self.val_records, self.val_drop_counts = self._records(tokenizer, val_source)
+            if hp.val_size:
+                self.val_records = self.val_records[: hp.val_size]  # the first usable rows, in file order
+        elif hp.val_size:
+            if hp.val_size >= len(records):
                 raise ValueError(
-                    f"data.val_size={self.val_size} leaves no training rows out of {len(records)} usable rows"
+                    f"data.val_size={hp.val_size} leaves no training rows out of {len(records)} usable rows"
                 )
-            held = set(np.random.default_rng([self.seed, 0, 2]).permutation(len(records))[: self.val_size].tolist())
+            held = set(np.random.default_rng([hp.seed, 0, 2]).permutation(len(records))[: hp.val_size].tolist())
             self.val_records = [r for i, r in enumerate(records) if i in held]
             records = [r for i, r in enumerate(records) if i not in held]
-        needed = self.batch_size * self._world()[0]
+        needed = hp.batch_size * self._world()[0]
         if len(records) < needed:
             raise ValueError(
                 f"{len(records)} training prompts are fewer than one step needs ({needed} = batch_size × world size); "
@@ -465,105 +251,31 @@ class PromptDataModule(LightningDataModule):
             )
         self.train_records = records
 
-    def _read(self, path: str) -> tuple[list[Any], int, str, Path | None]:
-        """(rows, unreadable lines, display name, folder of relative image paths) of a source,
-        after checking that the configured columns exist (the first check)."""
-        base_dir = None
-        if path in ("builtin:math", "builtin:math:test"):
-            from data_modules import builtin_math
+    def check_columns(self) -> tuple[Source, Source | None]:
+        """Read `path` (and `val_path`) and check that the configured columns exist: the first check
+        of setup, before any tokenizer or model loads. Returns the sources read (val: None if unset)."""
+        hp = self.hparams
+        sources = []
+        for path in (hp.path, hp.val_path):
+            source = read_prompt_source(path, hp.split, hp.builtin_size, hp.builtin_seed) if path else None
+            if source is not None:
+                self._check_columns(source.columns, source.name, _COLUMNS)
+            sources.append(source)
+        return sources[0], sources[1]
 
-            split = "test" if path.endswith(":test") else "train"
-            n = builtin_math.TEST_SIZE if split == "test" else self.builtin_size
-            rows: list[Any] = builtin_math.generate_problems(n, self.builtin_seed, split=split)
-            columns, bad, name = list(rows[0]), 0, path
-        elif path in _VISUAL_BUILTINS:
-            from data_modules import builtin_visual
-
-            split = "test" if path.endswith(":test") else "train"
-            n = builtin_visual.TEST_SIZE if split == "test" else self.builtin_size
-            rows = builtin_visual.generate_problems(n, self.builtin_seed, split=split)
-            columns, bad, name = list(rows[0]), 0, path
-        else:
-            rows, columns, bad, name = load_rows(path, self.split)
-            if Path(path).expanduser().is_file():
-                base_dir = Path(path).expanduser().resolve().parent
-        for option in ("question_key", "answer_key", "image_key", "id_key"):
-            key = getattr(self, option)
-            if key is not None and key not in columns:
-                raise ValueError(
-                    f"data.{option}={key!r} is not a column of {name}; columns are {columns}; "
-                    f"set --data.init_args.{option}"
-                )
-        return rows, bad, name, base_dir
-
-    def _model_dir(self) -> str | None:
-        """tokenizer_path with `builtin:*` model names resolved to their local folder."""
-        path = self.tokenizer_path
-        return resolve_model_path(path) if path and path.startswith("builtin:") else path
-
-    def _load_tokenizer(self) -> Any:
-        if self.tokenizer is None:
-            from transformers import AutoTokenizer  # slow import
-
-            self.tokenizer = AutoTokenizer.from_pretrained(self._model_dir())
-        build_prompt_text(self.tokenizer, "?", self.prompt_suffix, self.system_prompt)  # no chat template: fail now
-        if self.image_key:
-            try:
-                build_prompt_text(self.tokenizer, "?", self.prompt_suffix, self.system_prompt, num_images=1)
-            except Exception as err:  # jinja raises many kinds
-                raise ValueError(
-                    f"data.image_key={self.image_key!r} is set but the chat template of {self.tokenizer_path!r} cannot "
-                    f"render image content ({type(err).__name__}: {err}); point data.tokenizer_path at the "
-                    "vision-language model, or unset data.image_key for text-only prompts"
-                ) from err
-        return self.tokenizer
-
-    def _load_processor(self) -> Any:
-        """The policy's `VisionProcessor`; raises with what to change when the model is not a VL model."""
-        if self.processor is not None:
-            return self.processor
-        if not self.tokenizer_path:
-            self.tokenizer_path = attached_policy_path(self)
-        if not self.tokenizer_path:
-            raise ValueError(
-                f"data.image_key={self.image_key!r} is set, and images need the policy's image processor, which "
-                "loads from data.tokenizer_path; set --data.init_args.tokenizer_path to the vision-language model"
-            )
-        from ares_lit.vision import VisionProcessor
-
-        try:
-            self.processor = VisionProcessor.from_pretrained(
-                self._model_dir(), tokenizer=self.tokenizer, min_pixels=self.min_pixels, max_pixels=self.max_pixels
-            )
-        except (ValueError, OSError) as err:
-            raise ValueError(
-                f"data.image_key={self.image_key!r} needs a vision-language policy (Qwen2-VL / Qwen2.5-VL) at "
-                f"data.tokenizer_path={self.tokenizer_path!r}: {str(err).rstrip('.')}. Point data.tokenizer_path at "
-                "the VL model (e.g. builtin:tiny-qwen2.5-vl), or unset data.image_key for text-only prompts"
-            ) from err
-        return self.processor
-
-    def _open_images(self, record: dict, base_dir: Path | None) -> str | None:
-        """Decode the record's images in place and count their vision tokens; the drop reason on failure."""
-        try:
-            images = [load_image(value, base_dir) for value in record["images"]]
-            record["num_image_tokens"] = sum(self.processor.image_tokens(image) for image in images)
-        except ImageError as err:
-            return image_reason(err)
-        record["images"] = images
-        return None
-
-    def _records(
-        self, tokenizer: Any, rows: list[Any], unreadable: int, name: str, base_dir: Path | None = None
-    ) -> tuple[list[dict], dict[str, int]]:
-        """Clean rows into prompt records; returns (records, drop counts by reason)."""
+    def _records(self, tokenizer: Any, source: Source) -> tuple[list[dict], dict[str, int]]:
+        """Clean a source's rows into prompt records; returns (records, drop counts by reason)."""
+        hp = self.hparams
         drops = dict.fromkeys(DROP_REASONS, 0)
-        drops["malformed"] += unreadable
+        drops["malformed"] += source.unreadable
         kept: list[dict] = []
-        for row in rows:
+        for row in source.rows:
             reason, record = self._clean(row)
-            if reason is None and self.image_key:
-                reason = self._open_images(record, base_dir)
+            if reason is None and hp.image_key:
+                try:
+                    record["images"], record["num_image_tokens"] = self._open_images(record["images"], source.base_dir)
+                except ImageError as err:
+                    reason = image_reason(err)
             if reason:
                 drops[reason] += 1
             else:
@@ -571,66 +283,48 @@ class PromptDataModule(LightningDataModule):
         for record in kept:
             n_images = len(record["images"]) if "images" in record else 0
             record["prompt_text"] = build_prompt_text(
-                tokenizer, record["question"], self.prompt_suffix, self.system_prompt, n_images
+                tokenizer, record["question"], hp.prompt_suffix, hp.system_prompt, n_images
             )
         ids = tokenizer([r["prompt_text"] for r in kept], add_special_tokens=False)["input_ids"] if kept else []
         records = []
         for record, prompt_ids in zip(kept, ids):
-            if self.image_key:
+            if hp.image_key:
                 try:
                     prompt_ids = self.processor.expand(prompt_ids, record["images"])
                 except ValueError:  # placeholders and images disagree
                     drops["malformed"] += 1
                     continue
-            if len(prompt_ids) > self.max_prompt_length:
+            if len(prompt_ids) > hp.max_prompt_length:
                 drops["too_long"] += 1
                 continue
             record["prompt_ids"] = list(prompt_ids)
             records.append(record)
         dropped = sum(drops.values())
+        total = len(source.rows) + source.unreadable
         if not records:
             raise ValueError(
-                f"no usable prompts in {name}: dropped {drops} of {len(rows) + unreadable} rows. Check "
+                f"no usable prompts in {source.name}: dropped {drops} of {total} rows. Check "
                 "data.question_key / data.answer_key, the file's encoding, and data.max_prompt_length"
             )
         if dropped:
-            total = len(rows) + unreadable
-            log.warning("%s: dropped %d of %d rows %s; %d prompts remain", name, dropped, total, drops, len(records))
+            log.warning("%s: dropped %d of %d rows %s; %d prompts remain", source.name, dropped, total, drops, len(records))
         return records, drops
 
     def _clean(self, row: Any) -> tuple[str | None, dict | None]:
-        """(drop reason, None) or (None, record without prompt_text / prompt_ids)."""
-        if not isinstance(row, dict):
-            return "malformed", None
-        question = as_text(row.get(self.question_key), numbers_ok=False)
-        answer = as_text(row.get(self.answer_key), numbers_ok=True)
-        if question is MALFORMED or answer is MALFORMED:
-            return "malformed", None
-        if not question:
-            return "empty_prompt", None
-        if not answer:
-            return "no_answer", None
-        pid = row.get(self.id_key) if self.id_key else None
-        pid = str(pid) if pid is not None else prompt_id(question, answer)
-        record = {"id": pid, "question": question, "answer": answer}
-        if self.image_key:
-            record["images"] = image_values(row.get(self.image_key))
+        """The shared columns (base class), plus "level", "source" and "options" when the row has them."""
+        reason, record = super()._clean(row)
+        if reason:
+            return reason, None
         level = row.get("level")
         level = row.get("difficulty") if level is None else level
         if level is not None:
             record["level"] = str(level)
         if row.get("source") is not None:
             record["source"] = str(row["source"])
-        options = _options(row.get("options") if row.get("options") is not None else row.get("choices"))
+        options = choice_options(row.get("options") if row.get("options") is not None else row.get("choices"))
         if options is not None:
             record["options"] = options
         return None, record
-
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 1, 0
-        return int(trainer.world_size), int(trainer.global_rank)
 
     def _require_setup(self) -> list[dict]:
         if self.train_records is None:
@@ -645,12 +339,9 @@ class PromptDataModule(LightningDataModule):
         would prefetch indices and `consumed` would run ahead of the training loop.
         """
         records = self._require_setup()
-        if self._sampler is None:
-            world, rank = self._world()
-            self._sampler = ResumableBatchSampler(
-                len(records), self.batch_size, self.shuffle, self.seed, world, rank, **self._position
-            )
-        return DataLoader(_Records(records), sampler=self._sampler, batch_size=None, collate_fn=collate_prompts)
+        hp = self.hparams
+        sampler = self._resumable_sampler(len(records), hp.batch_size, hp.shuffle, hp.seed)
+        return DataLoader(_Records(records), sampler=sampler, batch_size=None, collate_fn=collate_prompts)
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation prompts in file order, in batches of `batch_size` (last one kept); [] for none."""
@@ -659,7 +350,7 @@ class PromptDataModule(LightningDataModule):
             return []
         # `index` (the position in the hold-out) fixes each problem's validation seeds.
         records = [dict(r, index=i) for i, r in enumerate(self.val_records)]
-        return DataLoader(_Records(records), batch_size=self.batch_size, shuffle=False, collate_fn=collate_prompts)
+        return DataLoader(_Records(records), batch_size=self.hparams.batch_size, shuffle=False, collate_fn=collate_prompts)
 
     def test_dataloader(self) -> DataLoader | list:
         """The validation prompts (val_path, or the val_size hold-out), so `ares_lit test` scores the hold-out."""
@@ -686,20 +377,16 @@ class PromptDataModule(LightningDataModule):
 
     def _refill_order(self, cycle: int, n: int) -> list[int]:
         if self._refill_cache is None or self._refill_cache[0] != cycle:
-            rng = np.random.default_rng([self.seed, cycle, 1, self._world()[1]])
+            rng = np.random.default_rng([self.hparams.seed, cycle, 1, self._world()[1]])
             self._refill_cache = (cycle, rng.permutation(n).tolist())
         return self._refill_cache[1]
 
     # ------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
         """Tracker state and data position; Lightning stores it in every checkpoint."""
-        if self._sampler is not None:
-            position = {"epoch": self._sampler.epoch, "consumed": self._sampler.consumed}
-        else:
-            position = dict(self._position)
         return {
             "tracker": self.tracker.state_dict(),
-            **position,
+            **self._position_state(),
             "refill": dict(self._refill),
             "num_rows": self.num_rows,
         }
@@ -707,9 +394,7 @@ class PromptDataModule(LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the tracker and the data position: the next batch is the first unseen one."""
         self.tracker.load_state_dict(state_dict["tracker"])
-        self._position = {"epoch": int(state_dict.get("epoch", 0)), "consumed": int(state_dict.get("consumed", 0))}
-        if self._sampler is not None:
-            self._sampler.epoch, self._sampler.consumed = self._position["epoch"], self._position["consumed"]
+        self._load_position(state_dict)
         self._refill = dict(state_dict.get("refill", {"cycle": 0, "pos": 0}))
         self._refill_cache = None  # the pass's order is re-derived from (seed, cycle, rank)
         saved_rows = state_dict.get("num_rows")

@@ -110,17 +110,22 @@ def check_columns(sources: list[Source], max_prompt_length: int, builtin_seed: i
     for s in sources:
         dm = _datamodule(s, "unused", max_prompt_length, builtin_seed)
         try:
-            dm._read(dm.path)
+            dm.check_columns()
         except (ValueError, FileNotFoundError) as err:
             raise _as_option_error(err) from err
 
 
 def load_problems(
-    sources: list[Source], tokenizer, tokenizer_path: str, max_prompt_length: int, builtin_seed: int = 0, **prompting
+    sources: list[Source],
+    tokenizer,
+    tokenizer_path: str,
+    max_prompt_length: int,
+    builtin_seed: int = 0,
+    limit: int = 0,
+    **prompting,
 ) -> tuple[list[dict], dict[str, dict[str, int]]]:
-    """All sources' usable prompt records, in order, and the skipped-row counts per source.
-
-    `prompting` holds `prompt_suffix` / `system_prompt` for PromptDataModule."""
+    """All sources' usable prompt records, in order (the first `limit` of each; 0 = all), and the
+    skipped-row counts per source. `prompting` holds `prompt_suffix` / `system_prompt`."""
     problems: list[dict] = []
     drops: dict[str, dict[str, int]] = {}
     for s in sources:
@@ -130,7 +135,7 @@ def load_problems(
             dm.setup("test")
         except (ValueError, FileNotFoundError) as err:
             raise _as_option_error(err) from err
-        for record in dm.train_records:
+        for record in dm.train_records[: limit or None]:
             record.setdefault("source", s.name)
             record["source"] = str(record["source"]) if record.get("source") is not None else s.name
             problems.append(record)

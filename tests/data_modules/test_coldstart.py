@@ -12,7 +12,9 @@ from transformers import AutoTokenizer
 
 from ares_lit.grading import format_ok
 from ares_lit.prompting import build_prompt_text
-from data_modules.coldstart import DROP_REASONS, ColdstartDataModule, normalize_trace, target_length, uniform_quotas
+from data_modules.adacs import target_length
+from data_modules.coldstart import DROP_REASONS, ColdstartDataModule
+
 
 def trace(m: int, answer: str = "7") -> str:
     """A trace already in normalized form whose length is base + m tokens."""
@@ -98,13 +100,6 @@ def test_incorrect_traces_selected_only_when_allowed(tmp_path, tok):
     dm = make_dm(pool, tok, tmp_path, size=100, max_length=1024)
     r4 = next(r for r in dm.records if r["id"] == "r4")
     assert r4["response_tokens"] - base == 20 and r4["response_correct"] is True
-
-
-def test_uniform_quotas_by_hand():
-    assert uniform_quotas({0: 10, 1: 1, 2: 3}, 9) == {0: 5, 1: 1, 2: 3}
-    assert uniform_quotas({0: 10, 1: 1, 2: 3}, 2) == {0: 1, 1: 1, 2: 0}
-    assert uniform_quotas({0: 2, 2: 1, 4: 1, 8: 3}, 5) == {0: 2, 2: 1, 4: 1, 8: 1}
-    assert uniform_quotas({0: 2, 3: 2}, 100) == {0: 2, 3: 2}
 
 
 def test_bracket_counts_after_sampling(tmp_path, tok):
@@ -201,24 +196,6 @@ def test_image_rows_with_a_text_only_model_fail_clearly(tmp_path, tok, tok_dir):
         make_dm(path, tok, tmp_path, image_key="images", tokenizer_path=tok_dir)
 
 
-@pytest.mark.parametrize(
-    "raw, gold, expected",
-    [
-        ("a b \\boxed{3}.", "3", "<think>\na b \\boxed{3}.\n</think>\n\\boxed{3}"),
-        ("<think>x</think> so 3", "3", "<think>\nx\n</think>\nso 3\n\\boxed{3}"),
-        ("<think> x </think>\n\\boxed{3}", "3", "<think>\nx\n</think>\n\\boxed{3}"),
-        ("<think>a</think><think>b</think> \\boxed{4}", "3", "<think>\na  b  \\boxed{4}\n</think>\n\\boxed{4}"),
-        ("no answer at all", "5", "<think>\nno answer at all\n</think>\n\\boxed{5}"),
-        ("no answer at all", None, None),  # an incorrect trace with no answer cannot be normalized
-    ],
-)
-def test_normalize_trace_rules(raw, gold, expected):
-    out = normalize_trace(raw, gold)
-    assert out == expected
-    if out is not None:
-        assert format_ok(out) and normalize_trace(out, gold) == out  # valid and idempotent
-
-
 def test_curation_is_cached_and_reused(tmp_path, tok):
     path = write(tmp_path / "pool.jsonl", hand_pool())
     first = make_dm(path, tok, tmp_path, size=5, max_length=1024)
@@ -230,6 +207,49 @@ def test_curation_is_cached_and_reused(tmp_path, tok):
     with open(path, "a") as f:  # another pool content: another key
         f.write(json.dumps(row(50, "A", 8, [3])) + "\n")
     assert not make_dm(path, tok, tmp_path, size=5, max_length=1024).reused_cache
+
+
+class FakeTrainer:
+    """What the DataModule asks of a trainer under DDP: world size, rank, no module, no loggers."""
+
+    def __init__(self, world_size, global_rank):
+        self.world_size, self.global_rank = world_size, global_rank
+        self.is_global_zero = global_rank == 0
+        self.lightning_module, self.log_dir, self.loggers = None, None, []
+
+
+def test_curation_runs_once_in_prepare_data_and_every_rank_reads_its_cache(tmp_path, tok, monkeypatch):
+    """Lightning's DDP order: prepare_data on rank 0 while the others wait, then setup on every rank."""
+    import data_modules.coldstart as coldstart
+
+    pools = []
+
+    def counting_curate(*args, **kwargs):
+        pools.append(kwargs["pool"])
+        return curate(*args, **kwargs)
+
+    curate = coldstart.curate
+    monkeypatch.setattr(coldstart, "curate", counting_curate)
+    path = write(tmp_path / "pool.jsonl", hand_pool())
+    ranks = []
+    for rank in range(2):
+        dm = ColdstartDataModule(path=path, cache_dir=str(tmp_path / "cache"), id_key="id", size=5, max_length=1024,
+                                 batch_size=1)
+        dm.tokenizer, dm.trainer = tok, FakeTrainer(world_size=2, global_rank=rank)
+        ranks.append(dm)
+    ranks[0].prepare_data()
+    assert pools == ["pool.jsonl"] and ranks[0].records is None  # curated into the cache, nothing served yet
+    for dm in reversed(ranks):  # rank 1 may well set up first
+        dm.setup("fit")
+    assert pools == ["pool.jsonl"]  # no rank curated again
+    assert ranks[1].reused_cache and not ranks[0].reused_cache and ranks[0].cache_path == ranks[1].cache_path
+    assert ranks[0].records == ranks[1].records and ranks[0].report == ranks[1].report
+    assert len(ranks[1].records) == 5 and ranks[1].drop_counts == ranks[0].drop_counts
+    assert [f["response_ids"] for f in ranks[0]._features] == [f["response_ids"] for f in ranks[1]._features]
+    # setup without prepare_data (called directly) curates when the cache lacks the set, and only then
+    make_dm(path, tok, tmp_path, size=4, max_length=1024)
+    make_dm(path, tok, tmp_path, size=4, max_length=1024)
+    assert pools == ["pool.jsonl"] * 2
 
 
 def test_sft_batches_mask_the_prompt(tmp_path, tok):

@@ -12,8 +12,9 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from ares_lit.grading import Grader, extract_boxed
-from data_modules.coldstart import DROP_REASONS, ColdstartDataModule, collate_sft
+from data_modules.coldstart import DROP_REASONS, ColdstartDataModule
 from data_modules.coldstart_pool import VISUAL_SOURCES, generate_visual_pool
+from data_modules.sft import collate_sft
 
 PATCH_DIM = 3 * 2 * 14 * 14  # channels · temporal patch · patch²
 

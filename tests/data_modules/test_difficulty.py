@@ -16,17 +16,18 @@ def test_assign_group_of_eight_records_bucket_and_history():
     buckets = tr.assign(ids, acc)
     assert buckets.dtype == torch.long
     assert buckets.tolist() == [HARD, HARD, HARD, MEDIUM, MEDIUM, MEDIUM, EASY, EASY, EASY]
-    assert [tr.bucket_of(i) for i in ids] == buckets.tolist()
-    assert tr.history_of("p3") == [pytest.approx(3 / 8)]
-    assert tr.bucket_of("never") is None and tr.history_of("never") == []
-    assert tr.bucket_counts() == {"easy": 3, "medium": 3, "hard": 3}
+    state = tr.state_dict()
+    assert [state["bucket"][i] for i in ids] == buckets.tolist()
+    assert state["history"]["p3"] == [pytest.approx(3 / 8)]
+    assert set(state["bucket"]) == set(state["history"]) == set(ids)
     assert tr.last_batch_counts.tolist() == [3, 3, 3]
 
     # the bucket follows the CURRENT rollouts: p0 was hard, now it is solved 7/8 times
     assert tr.assign(["p0"], torch.tensor([7 / 8])).tolist() == [EASY]
-    assert tr.bucket_of("p0") == EASY
-    assert tr.history_of("p0") == [0.0, pytest.approx(7 / 8)]
-    assert tr.bucket_counts() == {"easy": 4, "medium": 3, "hard": 2}
+    state = tr.state_dict()
+    assert state["bucket"]["p0"] == EASY
+    assert state["history"]["p0"] == [0.0, pytest.approx(7 / 8)]
+    assert [list(state["bucket"].values()).count(d) for d in (EASY, MEDIUM, HARD)] == [4, 3, 2]
     assert tr.last_batch_counts.tolist() == [1, 0, 0]
 
 
@@ -39,7 +40,7 @@ def test_history_is_bounded_and_keeps_the_latest():
     tr = DifficultyTracker(history=3)
     for k in range(6):
         tr.assign(["p"], torch.tensor([k / 8]))
-    assert tr.history_of("p") == pytest.approx([3 / 8, 4 / 8, 5 / 8])
+    assert tr.state_dict()["history"]["p"] == pytest.approx([3 / 8, 4 / 8, 5 / 8])
 
 
 def test_update_targets_hand_worked():
@@ -100,24 +101,14 @@ def test_state_dict_round_trip_through_a_file(tmp_path):
     assert torch.equal(back.targets.isnan(), tr.targets.isnan())
     assert back.targets.nan_to_num(-1).tolist() == tr.targets.nan_to_num(-1).tolist()
     assert back.alpha.tolist() == tr.alpha.tolist() and back.alpha.tolist() != [0.5, 0.5, 0.5]
-    assert [back.bucket_of(p) for p in "abc"] == [HARD, MEDIUM, HARD]
-    assert back.history_of("a") == [1.0, 0.25]
-    assert back.bucket_counts() == tr.bucket_counts()
+    saved = back.state_dict()
+    assert saved["bucket"] == {"a": HARD, "b": MEDIUM, "c": HARD}
+    assert saved["history"] == {"a": [1.0, 0.25], "b": [0.5], "c": [0.0]}
+    assert saved["last_batch_counts"].tolist() == tr.last_batch_counts.tolist() == [0, 0, 1]
     # both continue identically
     n, b = torch.tensor([12.0, 25.0, 3.0]), torch.tensor([0, 1, 2])
     for x, y in zip(back.update_targets(n, b), tr.update_targets(n, b)):
         assert x.tolist() == y.tolist()
-
-
-def test_summary_is_flat_floats():
-    tr = DifficultyTracker()
-    tr.assign(["a", "b"], torch.tensor([1.0, 0.0]))
-    tr.update_targets(torch.tensor([5.0]), torch.tensor([0]))
-    s = tr.summary()
-    assert s["difficulty/target_easy"] == 5.0 and math.isnan(s["difficulty/target_hard"])
-    assert s["difficulty/alpha_medium"] == 0.5
-    assert s["difficulty/batch_easy"] == 1.0 and s["difficulty/batch_hard"] == 1.0
-    assert s["difficulty/tracked_prompts"] == 2.0
 
 
 def test_errors_say_what_is_wrong():

@@ -1,7 +1,9 @@
 """PromptDataModule and the ARES prompt: loading, bad-row accounting, batches, resume, refill."""
 
+import copy
 import hashlib
 import json
+import pickle
 
 import lightning.pytorch as pl
 import pytest
@@ -11,7 +13,8 @@ from transformers import AutoTokenizer
 
 from ares_lit.models.tiny import build_tiny_tokenizer
 from ares_lit.prompting import ARES_PROMPT_SUFFIX, build_prompt_text
-from data_modules.prompts import DROP_REASONS, PromptDataModule, ResumableBatchSampler
+from data_modules.prompts import DROP_REASONS, PromptDataModule
+from data_modules.sampler import ResumableBatchSampler
 
 SPEC_SUFFIX = (
     "You FIRST think about the reasoning process as an internal monologue and then provide the final answer. "
@@ -257,6 +260,17 @@ def test_the_module_owns_a_configured_tracker():
         PromptDataModule(alpha_init=5.0)
 
 
+def test_settings_read_as_attributes():
+    """The rollout callback sizes its engine from dm.max_prompt_length and the pixel limits."""
+    dm = PromptDataModule(max_prompt_length=300, min_pixels=28 * 28, max_pixels=56 * 56, batch_size=3)
+    assert (dm.max_prompt_length, dm.min_pixels, dm.max_pixels, dm.batch_size) == (300, 784, 3136, 3)
+    assert dm.path == "builtin:math" and dm.tokenizer_path is None and dm.val_path is None
+    assert not hasattr(dm, "no_such_setting")
+    with pytest.raises(AttributeError, match="no_such_setting"):
+        dm.no_such_setting
+    assert copy.deepcopy(dm).max_prompt_length == 300 and pickle.loads(pickle.dumps(dm)).max_pixels == 3136
+
+
 def test_ids_are_stable_and_content_addressed(tmp_path, tok_dir):
     path = _write_jsonl(tmp_path / "train.jsonl", _rows(8))
     a, b = _dm(path, tok_dir), _dm(path, tok_dir, seed=9)
@@ -315,7 +329,7 @@ def test_resume_continues_with_the_next_unseen_batch(tmp_path, tok_dir):
     fresh.load_state_dict(state)
     rest = [_ids(b) for b in fresh.train_dataloader()]
     assert rest[0] == reference[3] and rest == reference[3:]
-    assert fresh.tracker.bucket_of("x") == 1
+    assert fresh.tracker.state_dict()["bucket"] == {"x": 1}
 
     early = PromptDataModule(path=path, tokenizer_path=tok_dir, batch_size=4, seed=3)  # loaded before setup
     early.load_state_dict(state)
