@@ -5,7 +5,9 @@ weights into the rollout engine, then hands the prompts, the engine, the grader,
 difficulty tracker and the module's scorers to `ares_lit.experience.make_experience`, which does
 the rest as plain code (sample, grade, bucket, filter and refill, score, τ, HWE, T_d and α_d,
 shaped reward, advantages), and puts the finished `RolloutBatch` in `batch["rollout"]` for the
-module. It also owns the engine's life cycle, which the module's validation borrows.
+module. It also owns the engine's life cycle, which the module's validation borrows: the engine
+wakes before each weight push and sleeps after the step's last generation (vLLM on CUDA). Old and
+reference log-probs are scored in the trainer's precision context, the one `training_step` runs in.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 
 from ares_lit.core import HWEThreshold, get_advantage_estimator
-from ares_lit.experience import ExperienceConfig, grade_responses, make_experience
+from ares_lit.experience import ExperienceConfig, StepSeeds, grade_responses, make_experience
 from ares_lit.experience.groups import timer
 from ares_lit.modules.zero import gathered_parameters, zero3_enabled
 from ares_lit.progress import report_phase
@@ -60,7 +62,12 @@ class RolloutCallback(pl.Callback):
         num_text_samples: decoded responses kept for the TensorBoard text panel.
         max_empty_steps: stop with an error after this many consecutive steps in which every
             group was all right or all wrong (nothing to learn; check answers and rewards).
-        seed: sampling seed (the step index is added each step).
+        seed: base sampling seed; each sample's seed is derived from it, the rank, the step, the refill
+            round and the sample's position, so no two samples of a run share one (experience/seeds.py).
+        sleep_level: vLLM sleep level between rollouts (CUDA only): 2 drops the weights and the KV
+            cache (they are pushed every step anyway), 1 offloads the weights to host memory, 0 never
+            sleeps. The engine wakes before the weight push and sleeps after the last generation of
+            the step (and after validation); on the CPU it is a no-op, said once in the log.
     """
 
     def __init__(
@@ -96,6 +103,7 @@ class RolloutCallback(pl.Callback):
         num_text_samples: int = 4,
         max_empty_steps: int = 20,
         seed: int = 0,
+        sleep_level: int = 2,
     ) -> None:
         super().__init__()
         if n < 2:
@@ -108,8 +116,10 @@ class RolloutCallback(pl.Callback):
             raise ValueError(f"rollout top_p must be in (0, 1]; got {top_p}")
         if max_new_tokens < window:
             raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= window ({window})")
-        if max_refill_tries < 0:
-            raise ValueError(f"max_refill_tries must be >= 0; got {max_refill_tries}")
+        if sleep_level not in (0, 1, 2):
+            raise ValueError(f"sleep_level must be 0 (never sleep), 1 or 2 (vLLM sleep levels); got {sleep_level}")
+        if not 0 <= max_refill_tries <= 63:
+            raise ValueError(f"max_refill_tries must be in [0, 63] (a field of the sampling seed); got {max_refill_tries}")
         get_advantage_estimator(advantage)  # fails early on an unknown name
         self.engine_name = engine
         self.engine_kwargs = dict(engine_kwargs or {})
@@ -148,6 +158,8 @@ class RolloutCallback(pl.Callback):
             num_text_samples=num_text_samples,
         )
         self.max_empty_steps = max_empty_steps
+        self.sleep_level = sleep_level
+        self._sleep_takes_level = False  # set at engine start from the engine's sleep() signature
         self._consecutive_empty = 0
         self.seed = seed
         self.reward_fn_spec = reward_fn
@@ -208,10 +220,42 @@ class RolloutCallback(pl.Callback):
     on_test_start = on_validation_start
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Validation samples with the current policy: push its weights first."""
+        """Validation samples with the current policy: wake the engine and push its weights first."""
+        self._wake()
         self.engine.load_weights(gathered_parameters(pl_module.policy, zero3_enabled(trainer.strategy)))
 
     on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sleep()
+
+    on_test_epoch_end = on_validation_epoch_end
+
+    # ------------------------------------------------------------------ sleep mode
+    def _describe_sleep(self, trainer: pl.Trainer) -> None:
+        """Say once, at engine start, how the engine sleeps between rollouts (never once per step)."""
+        import inspect
+
+        sleeps = self.sleep_level > 0 and bool(getattr(self.engine, "enable_sleep_mode", False))
+        self._sleep_takes_level = "level" in inspect.signature(self.engine.sleep).parameters
+        if self.engine_name == "vllm" and trainer.is_global_zero:
+            level = self.sleep_level if self._sleep_takes_level else "the engine's own (its sleep() takes no level)"
+            why = "sleep_level 0" if self.sleep_level == 0 else "needs CUDA and engine_kwargs.enable_sleep_mode"
+            print(f"[ares_lit] vLLM sleep between rollouts: {f'level {level}' if sleeps else f'off ({why})'}", flush=True)
+
+    def _wake(self) -> None:
+        """Before a weight push: a no-op unless the engine sleeps. The push itself resets vLLM's prefix cache."""
+        if self.sleep_level > 0:
+            self.engine.wake_up()
+
+    def _sleep(self) -> None:
+        """After a step's last generation (or validation): free the engine's accelerator memory for the update."""
+        if self.engine is None or self.sleep_level == 0:
+            return
+        if self._sleep_takes_level:
+            self.engine.sleep(level=self.sleep_level)
+        else:
+            self.engine.sleep()
 
     def _start_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Build the rollout engine and hand it to the module's validation as `rollout_engine`."""
@@ -245,6 +289,7 @@ class RolloutCallback(pl.Callback):
             kwargs.setdefault("processor", self.processor)
             self.engine = build_engine("hf", model=pl_module.policy, tokenizer=pl_module.tokenizer, **kwargs)
         pl_module.rollout_engine = self.engine
+        self._describe_sleep(trainer)
         self._module = pl_module
 
     def _vision_processor(self, pl_module, dm):
@@ -314,6 +359,7 @@ class RolloutCallback(pl.Callback):
         timings: dict[str, float] = {}
         report_phase(trainer, "weight_sync")
         with timer(timings, "weight_sync"):
+            self._wake()
             # Under ZeRO-3 each parameter is gathered (collectively) and pushed on its own, never the whole model.
             self.engine.load_weights(gathered_parameters(pl_module.policy, zero3_enabled(trainer.strategy)))
         dm = trainer.datamodule
@@ -331,15 +377,17 @@ class RolloutCallback(pl.Callback):
             ),
             tracker=dm.tracker,
             refill=dm.refill_prompts,
-            score_policy=partial(pl_module.score, pl_module.policy),
-            score_reference=None if reference is None else partial(pl_module.score, reference),
+            score_policy=_in_precision(trainer, partial(pl_module.score, pl_module.policy)),
+            score_reference=None if reference is None else _in_precision(trainer, partial(pl_module.score, reference)),
             hwe=self.hwe,
             tokenizer=pl_module.tokenizer,
-            seed=self.seed + trainer.global_step,
+            # Unique per rank, step, refill round, prompt and sample (ares_lit/experience/seeds.py).
+            seed=StepSeeds(self.seed, trainer.global_rank, trainer.global_step),
             pixels=None if self.processor is None else self.processor.pixels,
             trigger_ids=self._trigger_ids,
             on_phase=partial(report_phase, trainer),
             timings=timings,
+            after_sampling=self._sleep,  # the engine sleeps through scoring and the update
         )
         self.totals["groups_dropped"] += experience.groups_dropped
         self.totals["refill_rounds"] += experience.refill_rounds
@@ -367,6 +415,24 @@ class RolloutCallback(pl.Callback):
                 "answer_fallback: last_number, or a reward_fn."
             )
         pl_module.log("rollout/empty_steps", float(self.totals["empty_steps"]), on_step=True)
+
+
+def _in_precision(trainer: pl.Trainer, score):
+    """`score` run in the precision context that Lightning wraps `training_step` in
+    (`precision_plugin.train_step_context()`: autocast for "bf16-mixed"/"16-mixed", the default
+    dtype for "bf16-true"/"64-true", nothing for fp32).
+
+    `on_train_batch_start` runs outside that context. Old and reference log-probs scored there in
+    fp32 while the update recomputes log π_θ under autocast would make the PPO ratio differ from 1
+    and k3 from 0 at the first update, although policy == old == reference: clipping and the κ
+    controller would react to numeric noise. Generation stays outside (the engine's own dtype).
+    """
+
+    def scored(*args, **kwargs):
+        with trainer.strategy.precision_plugin.train_step_context():
+            return score(*args, **kwargs)
+
+    return scored
 
 
 def _data_setting(dm, name: str):

@@ -11,6 +11,7 @@ Lightning side (it gathers these collaborators and calls `make_experience`). The
     shaping.py   hwe_threshold_step (τ) → hwe_tokens (HWE mask, N_HE, windows) →
                  bucket_controllers (T_d, α_d) → shaped_reward → group_advantages;
                  nonwindow_kl (KL_d sums for the dynamic-KL controller, after the update)
+    seeds.py     round_seed / sample_seed: sampling seeds unique per (rank, step, round, prompt, sample)
     pipeline.py  make_experience: all of the above, and the skip decision shared by all ranks
 """
 
@@ -27,6 +28,7 @@ from ares_lit.experience.groups import (
 )
 from ares_lit.experience.pipeline import Experience, build_rollout_batch, logprob_gap, make_experience, text_samples
 from ares_lit.experience.scoring import RolloutTensors, pack_groups, score_rollouts
+from ares_lit.experience.seeds import StepSeeds, round_seed, sample_seed
 from ares_lit.experience.shaping import (
     bucket_controllers,
     group_advantages,
@@ -42,6 +44,7 @@ __all__ = [
     "ExperienceConfig",
     "PromptGroup",
     "RolloutTensors",
+    "StepSeeds",
     "assign_group_buckets",
     "bucket_controllers",
     "build_rollout_batch",
@@ -56,7 +59,9 @@ __all__ = [
     "make_experience",
     "nonwindow_kl",
     "pack_groups",
+    "round_seed",
     "sample_groups",
+    "sample_seed",
     "score_rollouts",
     "shaped_reward",
     "text_samples",

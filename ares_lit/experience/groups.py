@@ -25,6 +25,7 @@ import torch
 
 from ares_lit.core import informative_groups
 from ares_lit.experience.config import ExperienceConfig
+from ares_lit.experience.seeds import StepSeeds
 from ares_lit.rollout.base import Completion, RolloutEngine
 
 __all__ = [
@@ -177,38 +178,41 @@ def collect_groups(
     grade: Grade,
     tracker,
     refill: Callable[[int], list[dict]],
-    seed: int,
+    seed: StepSeeds | int,
     on_phase: PhaseReport = _no_report,
     timings: dict | None = None,
 ) -> CollectedGroups:
     """Sample → grade → buckets → filter, then refill dropped groups with fresh prompts.
 
     ARES_SPEC "Group filter (DAPO dynamic sampling)": up to `cfg.max_refill_tries` rounds of
-    `refill(k)` prompts (round r samples with seed + 7919·r); every round's groups are bucketed,
+    `refill(k)` prompts; every round's groups are bucketed,
     kept ones are appended in order, and the result is cut to `len(prompts)` groups. The buckets
     of dropped groups are recorded by the tracker too (they are real observations of the prompt).
+    Round r samples with `seed.for_round(r, ...)` (`seeds.py`: no sample seed repeats across
+    steps, ranks, rounds, prompts and samples); an int `seed` is `StepSeeds(seed)` (rank 0, step 0).
     """
     timings = {} if timings is None else timings
+    seeds = seed if isinstance(seed, StepSeeds) else StepSeeds(int(seed))
     target = len(prompts)
 
-    def one_round(batch: list[dict], round_seed: int, have: int) -> list[PromptGroup]:
+    def one_round(batch: list[dict], refill_round: int, have: int) -> list[PromptGroup]:
         on_phase("generation", have, target)
         with timer(timings, "generation"):
-            groups = sample_groups(engine, batch, cfg, round_seed)
+            groups = sample_groups(engine, batch, cfg, seeds.for_round(refill_round, len(batch), cfg.n))
         on_phase("grading", 0, sum(len(g.completions) for g in groups))
         with timer(timings, "grading"):
             grade_groups(groups, grade)
         assign_group_buckets(tracker, groups)
         return groups
 
-    groups = one_round(prompts, seed, 0)
+    groups = one_round(prompts, 0, 0)
     if not cfg.filter_groups:
         return CollectedGroups(groups, 0, 0)
     kept = drop_uninformative(groups, cfg.filter_low, cfg.filter_high)
     dropped, refills = len(groups) - len(kept), 0
     while len(kept) < target and refills < cfg.max_refill_tries:
         refills += 1
-        more = one_round(refill(target - len(kept)), seed + 7919 * refills, len(kept))
+        more = one_round(refill(target - len(kept)), refills, len(kept))
         good = drop_uninformative(more, cfg.filter_low, cfg.filter_high)
         dropped += len(more) - len(good)
         kept.extend(good)

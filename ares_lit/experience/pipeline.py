@@ -25,12 +25,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ares_lit.batch import RolloutBatch
+from ares_lit.batch import RolloutBatch, pad_engine_log_probs
 from ares_lit.core import BUCKET_NAMES, HWEThreshold, window_entropy
 from ares_lit.distributed import world_max
 from ares_lit.experience.config import ExperienceConfig
 from ares_lit.experience.groups import Grade, PromptGroup, _no_report, collect_groups
 from ares_lit.experience.scoring import RolloutTensors, Scorer, pack_groups, score_rollouts
+from ares_lit.experience.seeds import StepSeeds
 from ares_lit.experience.shaping import bucket_controllers, group_advantages, hwe_threshold_step, hwe_tokens, shaped_reward
 from ares_lit.rollout.base import RolloutEngine
 
@@ -61,19 +62,24 @@ def make_experience(
     score_reference: Scorer | None,
     hwe: HWEThreshold,
     tokenizer,
-    seed: int,
+    seed: StepSeeds | int,
     pixels: Callable | None = None,
     trigger_ids: torch.Tensor | None = None,
     on_phase: Callable[..., None] = _no_report,
     timings: dict | None = None,
+    after_sampling: Callable[[], None] | None = None,
 ) -> Experience:
     """Prompts → `RolloutBatch` (module docstring). `tracker` has `assign` and `update_targets`
     (`DifficultyTracker`); `hwe` holds τ across steps; `tokenizer` gives the pad id and decodes
-    the text panel; `on_phase(phase, done, total)` reports progress."""
+    the text panel; `seed` gives each round's sampling seed (`seeds.StepSeeds`: base seed, rank,
+    step; an int is a base seed at rank 0, step 0); `on_phase(phase, done, total)` reports progress; `after_sampling()` runs once after the last
+    refill round, before scoring (the callback puts the engine to sleep there)."""
     timings = {} if timings is None else timings
     collected = collect_groups(
         prompts, cfg, engine=engine, grade=grade, tracker=tracker, refill=refill, seed=seed, on_phase=on_phase, timings=timings
     )
+    if after_sampling is not None:
+        after_sampling()
     # Skipping is a decision all ranks share; a rank without groups while others have some goes on
     # with zero rows through the same stages (and collectives) as they do.
     if world_max(len(collected.groups)) == 0:
@@ -147,6 +153,7 @@ def build_rollout_batch(
     }
     metrics = _metrics(groups, rows, old_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha)
     samples = text_samples(tokenizer, groups, hwe_m, rows, reward, r_ent, bucket, cfg.num_text_samples)
+    engine_lp = pad_engine_log_probs([c.logprobs for g in groups for c in g.completions], old_lp)
     return RolloutBatch(
         input_ids=rows.input_ids,
         attention_mask=rows.attention_mask,
@@ -161,6 +168,8 @@ def build_rollout_batch(
         metrics=metrics,
         samples=samples,
         multimodal=rows.multimodal,
+        engine_log_probs=engine_lp,
+        max_new_tokens=cfg.max_new_tokens,
     )
 
 

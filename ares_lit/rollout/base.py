@@ -92,11 +92,12 @@ class RolloutEngine(ABC):
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy new policy weights in, by HF parameter name (as in `model.named_parameters()` / `state_dict()`)."""
 
-    def sleep(self) -> None:
-        """Free accelerator memory between rollouts; a no-op where unsupported."""
+    def sleep(self, level: int = 1) -> None:
+        """Free accelerator memory between rollouts (level 1 keeps a host copy of the weights, level 2
+        drops them); a no-op where unsupported."""
 
-    def wake_up(self) -> None:
-        """Undo `sleep`; a no-op where unsupported."""
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Undo `sleep` (optionally only some memory tags); a no-op where unsupported."""
 
     def close(self) -> None:
         """Release the engine's resources."""

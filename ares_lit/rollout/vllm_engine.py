@@ -256,14 +256,18 @@ class VLLMEngine(RolloutEngine):
         if self.image_token_id is not None:  # cached vision embeddings were computed with the old weights
             self.llm.llm_engine.reset_encoder_cache()
 
-    def sleep(self) -> None:
-        """Level 1: offload weights to host memory and discard the KV cache (CUDA only)."""
+    def sleep(self, level: int = 1) -> None:
+        """Free GPU memory (CUDA only): level 1 offloads the weights to host memory, level 2 drops them
+        (the trainer pushes every weight after waking, so nothing is lost); both discard the KV cache."""
+        if level not in (1, 2):
+            raise ValueError(f"vLLM sleep level must be 1 or 2; got {level}")
         if self.enable_sleep_mode and not self._asleep:
-            self.llm.sleep(level=1)  # also clears the prefix cache
+            self.llm.sleep(level=level)  # also clears the prefix cache
             self._asleep = {"weights", "kv_cache"}
 
-    def wake_up(self) -> None:
-        self._wake(None)
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Wake `tags` ("weights", "kv_cache"; None = both)."""
+        self._wake(tags)
 
     def _wake(self, tags: list[str] | None) -> None:
         """Wake `tags` (None = everything still asleep). Order in a step: weights -> load -> kv_cache -> generate."""

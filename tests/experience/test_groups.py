@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ares_lit.core import EASY, HARD, MEDIUM
-from ares_lit.experience import ExperienceConfig, collect_groups, grade_responses
+from ares_lit.experience import ExperienceConfig, collect_groups, grade_responses, round_seed
 from data_modules.difficulty import DifficultyTracker
 from tests.experience.fakes import FakeScorer, Refill, ScriptedEngine, exact_match_grade, prompt, run_step
 
@@ -65,7 +65,8 @@ def test_all_right_and_all_wrong_groups_are_dropped_and_refilled_in_order():
         [stream[0]["prompt_ids"][0], stream[1]["prompt_ids"][0]],
         [stream[2]["prompt_ids"][0]],
     ]
-    assert [c["seed"] for c in engine.calls] == [5, 5 + 7919, 5 + 2 * 7919]
+    # Round r of base seed 5 (rank 0, step 0): ares_lit/experience/seeds.py.
+    assert [c["seed"] for c in engine.calls] == [round_seed(5, 0, 0, r, len(c["prompts"]), 4) for r, c in enumerate(engine.calls)]
     assert (exp.groups_dropped, exp.refill_rounds) == (3, 2)
     # The batch holds the kept groups in the order they were sampled: p1, p3, r1, r2.
     rollout = exp.rollout
