@@ -14,6 +14,10 @@ Rules (ours where the paper is silent, marked *):
    with p = 0 and p = 1 exactly. * Fallback when a source has no such problem: the median over
    all sources ("global"); when no source has one, the median of the source's lowest (for L(0))
    or highest (for L(1)) pass-rate bracket present ("nearest_bracket"). The report says which.
+   * The candidates that count are all eligible ones (correct and normalizable, or any with
+   `allow_incorrect`), measured BEFORE the `max_length` cut: `curation.curate` passes the uncut
+   lists, so a tight `max_length` does not bias the anchors low. Only the choice (rule 3) is
+   restricted to candidates that fit.
 3. L_target(p) = (1 − p)·L(0) + p·L(1); each problem keeps the eligible candidate whose length is
    closest to it (* ties: the shorter, then the earlier).
 4. Problems are binned into brackets b = round(p · bracket_n) (k/n with n = bracket_n = 8) and
@@ -107,7 +111,10 @@ def _median(values: list[int]) -> float | None:
 
 
 def anchor_lengths(problems: list[dict]) -> dict[str, dict]:
-    """Per source (sorted): {"L0", "L0_from", "L1", "L1_from"}, the anchor lengths and where each came from (rule 2)."""
+    """Per source (sorted): {"L0", "L0_from", "L1", "L1_from"}, the anchor lengths and where each came from (rule 2).
+
+    `problems` carry, in "eligible", ALL their eligible candidates, before any `max_length` cut.
+    """
 
     def lengths(probs, p):
         return [c["tokens"] for q in probs if q["p"] == p for c in q["eligible"]]

@@ -84,7 +84,7 @@ DROP_REASONS = (
     "malformed", "empty_prompt", "no_answer", "no_pass_rate", "no_traces", "missing_image", "bad_image",
     "no_correct_trace", "too_long",
 )
-CURATION_VERSION = 2  # bump when curation changes, so that cached sets are not reused
+CURATION_VERSION = 3  # bump when curation changes, so that cached sets are not reused
 CURATED, REPORT = "curated.jsonl", "report.json"
 _COLUMNS = ("question_key", "answer_key", "traces_key", "source_key", "image_key", "id_key")
 

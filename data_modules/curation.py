@@ -8,8 +8,11 @@ The ColdstartDataModule reads and cleans the pool and caches what `curate` retur
    placeholder of a prompt counts as its image's vision tokens. * Candidates that cannot fit
    `max_length` (prompt + trace + eos) are not eligible either. A problem left without any is
    dropped: too_long if it had eligible candidates before this cut, else no_correct_trace.
-3. The AdaCS rules: L(0), L(1) per source, `size` problems sampled uniformly across brackets, and
-   for each the eligible trace closest to L_target(p).
+3. The AdaCS rules: L(0), L(1) per source, taken over the eligible candidates of step 1 (correct
+   and normalizable, or all with `allow_incorrect`) as measured BEFORE the `max_length` cut of
+   step 2, so a tight `max_length` does not bias them low (the fallbacks, too, see the uncut
+   candidates); then `size` problems sampled uniformly across brackets, and for each the eligible
+   trace that fits `max_length` closest to L_target(p).
 
 No Lightning here; the only outside work is grading (`ares_lit.grading.Grader`) and tokenizing.
 """
@@ -107,11 +110,13 @@ def curate(
     problems = matched
     texts = [c["text"] for p in problems for c in p["eligible"]]
     lengths = iter(len(ids) for ids in token_ids(tokenizer, texts))
-    usable = []
+    usable, measured = [], []
     for prob, plen in zip(problems, prompt_lens):
         had = bool(prob["eligible"])
         for c in prob["eligible"]:
             c["tokens"] = next(lengths)
+        if had:  # the anchors see every eligible candidate, before the max_length cut
+            measured.append({"source": prob["source"], "p": prob["p"], "eligible": list(prob["eligible"])})
         fits = [c for c in prob["eligible"] if plen + c["tokens"] + 1 <= max_length]
         candidates["too_long"] += len(prob["eligible"]) - len(fits)
         prob["eligible"] = fits
@@ -127,7 +132,10 @@ def curate(
         )
     if sum(drops.values()):
         log.warning("%s: dropped %d of %d rows %s", pool, sum(drops.values()), rows, drops)
-    anchors = anchor_lengths(usable)
+    # L(0), L(1) over all eligible candidates, before the max_length cut (a tight max_length would
+    # otherwise bias them low); reported for the sources that still have a usable problem.
+    kept = {q["source"] for q in usable}
+    anchors = {s: a for s, a in anchor_lengths(measured).items() if s in kept}
     records = []
     for prob in sample_problems(usable, size, multimodal_fraction, seed):
         src = anchors[prob["source"]]

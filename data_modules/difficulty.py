@@ -41,6 +41,9 @@ class DifficultyTracker:
         alpha_init: starting α_d for every bucket (spec: 0.5).
         alpha_eta: α step size η (spec: 0.05).
         alpha_bounds: α_d is clipped to this [low, high] (spec: [0, 2]).
+        alpha_update: "relative" (default, spec): α_d += η·(mean N_HE − T_d)/max(T_d, 1);
+            "absolute": α_d += η·(mean N_HE − T_d). Sign flipped for hard in both. N_HE is a token
+            count, so the absolute step is η·(tens of tokens) and saturates the bounds in a few steps.
         history: how many past group accuracies to keep per prompt.
     """
 
@@ -53,6 +56,7 @@ class DifficultyTracker:
         alpha_eta: float = 0.05,
         alpha_bounds: tuple[float, float] = (0.0, 2.0),
         history: int = 8,
+        alpha_update: str = "relative",
     ) -> None:
         assign_buckets(torch.zeros(1), easy_min, medium_min)  # validates the thresholds now, not mid-run
         if target_momentum is not None and not 0.0 < target_momentum <= 1.0:
@@ -60,6 +64,8 @@ class DifficultyTracker:
         low, high = alpha_bounds
         if not low <= alpha_init <= high:
             raise ValueError(f"alpha_init must lie in alpha_bounds {tuple(alpha_bounds)}; got {alpha_init}")
+        if alpha_update not in ("relative", "absolute"):
+            raise ValueError(f"alpha_update must be 'relative' or 'absolute'; got {alpha_update!r}")
         if history < 1:
             raise ValueError(f"history must be >= 1; got {history}")
         self.easy_min = easy_min
@@ -68,6 +74,7 @@ class DifficultyTracker:
         self.alpha_init = alpha_init
         self.alpha_eta = alpha_eta
         self.alpha_bounds = (float(low), float(high))
+        self.alpha_update = alpha_update
         self.history = history
         self.targets = torch.full((NUM_BUCKETS,), math.nan)
         self.alpha = torch.full((NUM_BUCKETS,), float(alpha_init))
@@ -144,7 +151,9 @@ class DifficultyTracker:
                a bucket empty in this batch keeps its last target.
             3. alpha_now = self.alpha: the reward of this batch uses α_d as it was before the batch.
             4. self.alpha = core.update_alpha(self.alpha, mean, prev, present, eta, bounds): α moves
-               by η·(mean N_HE - T_d^prev) (sign flipped for hard). Against the target that
+               by η·(mean N_HE - T_d^prev)/max(T_d^prev, 1) with alpha_update="relative" (the
+               default; a per-bucket step η/max(T_d^prev, 1)), or by η·(mean N_HE - T_d^prev) with
+               "absolute" (sign flipped for hard in both). Against the target that
                already includes this batch the step would be identically 0 without momentum,
                so the PREVIOUS target is used; on a bucket's first batch (prev nan) α stays.
             5. self.targets = new.
@@ -164,10 +173,22 @@ class DifficultyTracker:
         prev = self.targets.clone()
         new, mean, present = bucket_targets(n, b, prev, self.target_momentum)
         alpha_now = self.alpha.clone()
-        self.alpha = update_alpha(self.alpha, mean, prev, present, self.alpha_eta, self.alpha_bounds)
+        self.alpha = update_alpha(self.alpha, mean, prev, present, self._eta(prev), self.alpha_bounds)
         self.targets = new
         device = n_hwe.device
         return new.to(device), alpha_now.to(device)
+
+    def _eta(self, prev: torch.Tensor) -> float | torch.Tensor:
+        """Step size for `core.update_alpha`: η, or per bucket η/max(T_d^prev, 1) when relative.
+
+        A bucket without a previous target (nan) gets η/1; update_alpha leaves its α unchanged
+        anyway, and a finite step keeps its masked 0 from turning into nan.
+        """
+        if self.alpha_update == "absolute":
+            return self.alpha_eta
+        prev = prev.float()
+        scale = torch.where(torch.isfinite(prev), prev.clamp(min=1.0), torch.ones_like(prev))
+        return self.alpha_eta / scale
 
     # -------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:
@@ -185,7 +206,7 @@ class DifficultyTracker:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what `state_dict` saved. Settings (thresholds, η, bounds) come from the config."""
+        """Restore what `state_dict` saved. Settings (thresholds, η, bounds, alpha_update) come from the config."""
         self.targets = torch.as_tensor(state["targets"], dtype=torch.float32).clone().cpu()
         self.alpha = torch.as_tensor(state["alpha"], dtype=torch.float32).clone().cpu()
         if "last_batch_counts" in state:

@@ -150,6 +150,8 @@ class PromptDataModule(PolicyDataModule):
         alpha_init: initial α_d of the entropy reward for every bucket.
         alpha_eta: α_d step size η.
         alpha_bounds: α_d is clipped to [low, high].
+        alpha_update: α_d step: 'relative' (default) η·(mean N_HE − T_d)/max(T_d, 1), or 'absolute'
+            η·(mean N_HE − T_d); sign flipped for hard.
         easy_min: group accuracy at or above which a prompt is easy.
         medium_min: group accuracy at or above which a prompt is medium (below: hard).
         history: group accuracies kept per prompt in the tracker.
@@ -183,6 +185,7 @@ class PromptDataModule(PolicyDataModule):
         easy_min: float = 2 / 3,
         medium_min: float = 1 / 3,
         history: int = 8,
+        alpha_update: str = "relative",
     ) -> None:
         super().__init__()
         minimums = {
@@ -209,6 +212,7 @@ class PromptDataModule(PolicyDataModule):
             alpha_eta=alpha_eta,
             alpha_bounds=alpha_bounds,
             history=history,
+            alpha_update=alpha_update,
         )
         self.train_records: list[dict] | None = None
         self.val_records: list[dict] = []

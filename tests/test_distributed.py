@@ -127,7 +127,8 @@ def test_two_ranks_gather_then_compute_identically(tmp_path):
     targets, alpha = ref.update_targets(torch.tensor([20.0]), torch.tensor([0]))
     assert targets.tolist() == r0["step2"][0].tolist() == [20.0, 8.0, 1.5]
     assert torch.equal(ref.alpha, t0["alpha"])
-    assert t0["alpha"].tolist() == pytest.approx([0.5 + 0.1 * (20.0 - 7.0), 0.5, 0.5])
+    # The relative α step (ARES_SPEC, corrected 2026-11-30): η·(mean N_HE − T_d)/max(T_d, 1).
+    assert t0["alpha"].tolist() == pytest.approx([0.5 + 0.1 * (20.0 - 7.0) / 7.0, 0.5, 0.5])
     # The tracker knows both ranks' prompts; "shared" got rank 0's record first, then rank 1's.
     assert set(t0["bucket"]) == {"a", "b", "c", "d", "shared"}
     assert t0["history"]["shared"] == [0.0, 0.875] and t0["bucket"]["shared"] == 0

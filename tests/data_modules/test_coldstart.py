@@ -117,6 +117,28 @@ def test_uniform_across_brackets_on_a_skewed_pool(tmp_path, tok):
     assert dm.report["brackets_selected"] == {"0/8": 6, "4/8": 3, "8/8": 6}
 
 
+def test_anchor_medians_are_taken_before_the_max_length_cut(tmp_path, tok):
+    """L(0), L(1) count every eligible trace, also those (and whole problems) cut by max_length."""
+    base = len(tok(trace(0), add_special_tokens=False).input_ids)
+    pool = hand_pool()
+    pool[3] = row(3, "A", 8, [4, 8, 20, 1300])  # r3 keeps 4, 8, 20 after the cut
+    pool += [row(7, "A", 0, [1500, 1600]), row(8, "A", 8, [1400])]  # dropped: nothing fits
+    dm = make_dm(write(tmp_path / "pool.jsonl", pool), tok, tmp_path, size=100, max_length=1024)
+    assert base + 1300 > 1024 and dm.report["dropped"]["too_long"] == 2
+    assert dm.report["candidates"]["too_long"] == 4
+    src = dm.report["sources"]
+    assert list(src) == ["A", "B"]
+    # all candidates: L(0) = median{10,30,50,40,60,1500,1600} = 50; L(1) = median{2,6,4,8,20,1300,1400} = 8
+    # (after the cut they would be median{10,30,50,40,60} = 40 and median{2,6,4,8,20} = 6)
+    assert (src["A"]["L0"], src["A"]["L1"]) == (base + 50, base + 8)
+    assert (src["A"]["L0"], src["A"]["L1"]) != (base + 40, base + 6)
+    assert (src["B"]["L0"], src["B"]["L0_from"]) == (base + 50, "global")  # uncut global median too
+    picked = {r["id"]: r["response_tokens"] - base for r in dm.records}
+    # r4: target (50 + 8) / 2 = 29 -> 33 (the cut medians would give 23 -> 20); r3: target 8 -> 8
+    assert picked["r4"] == 33 and picked["r3"] == 8 and set(picked) == {f"r{i}" for i in range(7)}
+    assert all(r["response_tokens"] < 1024 for r in dm.records)  # the choice still only sees fitting traces
+
+
 def test_bad_rows_are_skipped_and_counted(tmp_path, tok):
     good = hand_pool()
     bad = [

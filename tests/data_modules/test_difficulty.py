@@ -44,7 +44,7 @@ def test_history_is_bounded_and_keeps_the_latest():
 
 
 def test_update_targets_hand_worked():
-    tr = DifficultyTracker(alpha_init=0.5, alpha_eta=0.02)
+    tr = DifficultyTracker(alpha_init=0.5, alpha_eta=0.02, alpha_update="absolute")
     assert torch.isnan(tr.targets).all() and tr.alpha.tolist() == [0.5, 0.5, 0.5]
 
     # batch 1: easy {10, 20}, medium {30}, hard {6}. No previous target: α cannot move yet.
@@ -68,6 +68,54 @@ def test_update_targets_hand_worked():
     assert tr.alpha.tolist() == pytest.approx([0.6, 0.5, 0.58])
 
 
+def _two_steps(tr, t_prev, mean):
+    """Batch 1 sets T = t_prev for easy and hard; batch 2 has mean N_HE `mean` in both."""
+    tr.update_targets(torch.tensor([t_prev, t_prev]), torch.tensor([EASY, HARD]))
+    tr.update_targets(torch.tensor([mean, mean]), torch.tensor([EASY, HARD]))
+    return tr.alpha.tolist()
+
+
+def test_relative_alpha_update_is_the_default_hand_values():
+    assert DifficultyTracker().alpha_update == "relative"
+    # T = 20, mean N_HE = 30, η = 0.05: step 0.05·10/20 = 0.025; hard sign flipped; medium unseen
+    assert _two_steps(DifficultyTracker(), 20.0, 30.0) == pytest.approx([0.525, 0.5, 0.475])
+    # T = 0.4 < 1: divided by max(T, 1) = 1, so the step is η·(1.4 - 0.4) = 0.05
+    assert _two_steps(DifficultyTracker(), 0.4, 1.4) == pytest.approx([0.55, 0.5, 0.45])
+    # uses the target from BEFORE the batch (20), not the new one (30)
+    tr = DifficultyTracker()
+    _two_steps(tr, 20.0, 30.0)
+    assert tr.targets.tolist()[0] == 30.0
+
+
+def test_absolute_alpha_update_option_hand_values():
+    tr = DifficultyTracker(alpha_update="absolute")
+    # same values: 0.5 ± 0.05·(30 - 20) = 0.5 ± 0.5
+    assert _two_steps(tr, 20.0, 30.0) == pytest.approx([1.0, 0.5, 0.0])
+    assert _two_steps(DifficultyTracker(alpha_update="absolute"), 0.4, 1.4) == pytest.approx([0.55, 0.5, 0.45])
+    with pytest.raises(ValueError, match="alpha_update"):
+        DifficultyTracker(alpha_update="percent")
+
+
+def test_relative_alpha_stays_inside_bounds_where_absolute_saturates():
+    # 8 steps of realistic N_HE (tens of tokens) per bucket, the same stream for both trackers
+    gen = torch.Generator().manual_seed(0)
+    steps = []
+    for _ in range(9):
+        n = torch.cat([torch.randint(20, 60, (4,), generator=gen), torch.randint(30, 90, (4,), generator=gen),
+                       torch.randint(40, 120, (4,), generator=gen)]).float()
+        steps.append((n, torch.tensor([EASY] * 4 + [MEDIUM] * 4 + [HARD] * 4)))
+    rel, ab = DifficultyTracker(), DifficultyTracker(alpha_update="absolute")
+    rel_hist, abs_hist = [], []
+    for n, b in steps:  # step 0 sets the targets; 8 α updates follow
+        rel.update_targets(n, b)
+        ab.update_targets(n, b)
+        rel_hist.append(rel.alpha.clone())
+        abs_hist.append(ab.alpha.clone())
+    rel_all, abs_all = torch.stack(rel_hist), torch.stack(abs_hist)
+    assert ((rel_all > 0.0) & (rel_all < 2.0)).all(), rel_all
+    assert ((abs_all == 0.0) | (abs_all == 2.0)).any(), abs_all  # the absolute form hits a bound
+
+
 def test_empty_bucket_keeps_nan_until_first_seen():
     tr = DifficultyTracker()
     t, _ = tr.update_targets(torch.tensor([4.0, 8.0]), torch.tensor([1, 1]))
@@ -77,7 +125,7 @@ def test_empty_bucket_keeps_nan_until_first_seen():
 
 
 def test_target_momentum_and_alpha_clipping():
-    tr = DifficultyTracker(target_momentum=0.5, alpha_eta=1.0, alpha_bounds=(0.0, 2.0))
+    tr = DifficultyTracker(target_momentum=0.5, alpha_eta=1.0, alpha_bounds=(0.0, 2.0), alpha_update="absolute")
     tr.update_targets(torch.tensor([10.0, 6.0]), torch.tensor([0, 2]))
     t, _ = tr.update_targets(torch.tensor([30.0, 2.0]), torch.tensor([0, 2]))
     assert t[0] == 20.0 and t[2] == 4.0 and math.isnan(t[1])  # EMA: 0.5·10 + 0.5·30, 0.5·6 + 0.5·2
@@ -98,6 +146,7 @@ def test_state_dict_round_trip_through_a_file(tmp_path):
 
     back = DifficultyTracker(history=4, alpha_eta=0.02)
     back.load_state_dict(torch.load(path, weights_only=True))
+    assert "alpha_update" not in tr.state_dict()  # a setting from the config, not state
     assert torch.equal(back.targets.isnan(), tr.targets.isnan())
     assert back.targets.nan_to_num(-1).tolist() == tr.targets.nan_to_num(-1).tolist()
     assert back.alpha.tolist() == tr.alpha.tolist() and back.alpha.tolist() != [0.5, 0.5, 0.5]
@@ -118,6 +167,8 @@ def test_errors_say_what_is_wrong():
         DifficultyTracker(alpha_init=3.0)
     with pytest.raises(ValueError, match="target_momentum"):
         DifficultyTracker(target_momentum=0.0)
+    with pytest.raises(ValueError, match="alpha_update"):
+        DifficultyTracker(alpha_update="rel")
     tr = DifficultyTracker()
     with pytest.raises(ValueError, match="2 prompt ids but 3"):
         tr.assign(["a", "b"], torch.tensor([0.1, 0.2, 0.3]))
@@ -125,3 +176,16 @@ def test_errors_say_what_is_wrong():
         tr.update_targets(torch.tensor([1.0]), torch.tensor([3]))
     with pytest.raises(ValueError, match="n_hwe has 2"):
         tr.update_targets(torch.tensor([1.0, 2.0]), torch.tensor([0]))
+
+
+def test_old_checkpoint_without_alpha_update_loads(tmp_path):
+    """A tracker state saved before alpha_update existed (same keys) loads into either mode."""
+    old = {"targets": torch.tensor([20.0, float("nan"), 20.0]), "alpha": torch.tensor([0.6, 0.5, 0.4]),
+           "last_batch_counts": torch.tensor([1, 0, 1]), "bucket": {"a": 0}, "history": {"a": [1.0]}}
+    torch.save(old, tmp_path / "old.pt")
+    for mode, want in (("relative", [0.625, 0.5, 0.375]), ("absolute", [1.1, 0.5, 0.0])):
+        tr = DifficultyTracker(alpha_update=mode)
+        tr.load_state_dict(torch.load(tmp_path / "old.pt", weights_only=True))
+        assert tr.alpha.tolist() == pytest.approx([0.6, 0.5, 0.4])
+        tr.update_targets(torch.tensor([30.0, 30.0]), torch.tensor([EASY, HARD]))
+        assert tr.alpha.tolist() == pytest.approx(want)

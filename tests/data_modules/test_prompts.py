@@ -258,6 +258,8 @@ def test_the_module_owns_a_configured_tracker():
     assert tr.assign(["a", "b"], torch.tensor([0.7, 0.2])).tolist() == [1, 2]  # 0.7 < easy_min=0.75
     with pytest.raises(ValueError, match="alpha_init"):
         PromptDataModule(alpha_init=5.0)
+    assert tr.alpha_update == "relative"
+    assert PromptDataModule(alpha_update="absolute").tracker.alpha_update == "absolute"
 
 
 def test_settings_read_as_attributes():
