@@ -12,7 +12,15 @@ keeps only what differs:
 - the column check (the first check of setup, before anything loads), the cleaning of the columns
   both read (question, answer, id, images), image decoding and vision-token counting;
 - world size and rank, and the resumable (epoch, consumed) position of the `ResumableBatchSampler`
-  that checkpoints save.
+  that checkpoints save;
+- per-rank data positions under DDP. Lightning stores only rank 0's `state_dict()` in the
+  checkpoint, but each rank has its own position (the refill stream is seeded by rank). Every
+  subclass's `state_dict` / `load_state_dict` is therefore wrapped (`__init_subclass__`): saving
+  adds "per_rank", every rank's values of `_rank_local_keys` gathered in rank order, and loading
+  puts this rank's entry back over the top-level values before the subclass reads them. Lightning
+  calls `datamodule.state_dict()` on every rank (`Trainer.save_checkpoint` -> `dump_checkpoint`),
+  so the gather inside it is a safe collective. A checkpoint without "per_rank", or saved with
+  another world size, restores rank 0's values on every rank, with a warning.
 
 Settings are read from `self.hparams`: a subclass calls `save_hyperparameters()` with at least
 tokenizer_path, question_key, answer_key, image_key, id_key, min_pixels, max_pixels,
@@ -22,11 +30,14 @@ as the rollout callback and user code read them.
 
 from __future__ import annotations
 
+import copy
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lightning.pytorch import LightningDataModule
 
+from ares_lit.distributed import all_gather_object
 from ares_lit.models.resolve import attached_policy_path, resolve_model_path
 from ares_lit.prompting import build_prompt_text
 from ares_lit.vision import load_image
@@ -35,12 +46,80 @@ from data_modules.sampler import ResumableBatchSampler
 
 __all__ = ["PolicyDataModule"]
 
+log = logging.getLogger(__name__)
+
 _NULLABLE = ("source_key", "image_key", "id_key")  # options whose column may be absent when set to null
+
+
+def _saving_per_rank(fn: Callable[[Any], dict]) -> Callable[[Any], dict]:
+    """Wrap a subclass's `state_dict`: add "per_rank", every rank's own position (a collective)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.__dict__.get("_per_rank_busy"):  # a nested super().state_dict() of a wrapped class
+            return fn(self)
+        self.__dict__["_per_rank_busy"] = True
+        try:
+            state = fn(self)
+        finally:
+            self.__dict__["_per_rank_busy"] = False
+        own = {k: copy.deepcopy(state[k]) for k in self._rank_local_keys if state and k in state}
+        gathered = all_gather_object(own)  # every rank calls state_dict at checkpoint time
+        if state:
+            state["per_rank"] = gathered
+        return state
+
+    state_dict._per_rank = True  # type: ignore[attr-defined]
+    state_dict.__doc__, state_dict.__name__ = fn.__doc__, fn.__name__
+    return state_dict
+
+
+def _loading_per_rank(fn: Callable[[Any, dict], None]) -> Callable[[Any, dict], None]:
+    """Wrap a subclass's `load_state_dict`: this rank's saved position replaces rank 0's."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.__dict__.get("_per_rank_busy"):
+            return fn(self, state_dict)
+        world, rank = self._world()
+        per_rank = state_dict.get("per_rank")
+        state = {k: v for k, v in state_dict.items() if k != "per_rank"}
+        if per_rank is not None and len(per_rank) == world:
+            state.update(copy.deepcopy(per_rank[rank]))
+        elif per_rank is not None:
+            log.warning(
+                "checkpoint was saved by %d ranks but %d run now; every rank resumes rank 0's data position "
+                "(the refill streams restart from it)",
+                len(per_rank),
+                world,
+            )
+        elif world > 1:
+            log.warning(
+                "checkpoint holds one data position (saved before per-rank positions); every rank resumes "
+                "rank 0's position"
+            )
+        self.__dict__["_per_rank_busy"] = True
+        try:
+            fn(self, state)
+        finally:
+            self.__dict__["_per_rank_busy"] = False
+
+    load_state_dict._per_rank = True  # type: ignore[attr-defined]
+    load_state_dict.__doc__, load_state_dict.__name__ = fn.__doc__, fn.__name__
+    return load_state_dict
 
 
 class PolicyDataModule(LightningDataModule):
     """Base of the prompt and cold-start DataModules: the policy's tokenizer and image processor,
     column checks, shared row cleaning, images, world, and the resumable sampler position."""
+
+    # state_dict keys that differ per rank; the rest (e.g. the tracker) is identical on every rank
+    _rank_local_keys: tuple[str, ...] = ("epoch", "consumed", "refill")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, wrap in (("state_dict", _saving_per_rank), ("load_state_dict", _loading_per_rank)):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_per_rank", False):
+                setattr(cls, name, wrap(fn))
 
     def __init__(self) -> None:
         super().__init__()
