@@ -136,8 +136,7 @@ def load_problems(
         except (ValueError, FileNotFoundError) as err:
             raise _as_option_error(err) from err
         for record in dm.train_records[: limit or None]:
-            record.setdefault("source", s.name)
-            record["source"] = str(record["source"]) if record.get("source") is not None else s.name
+            record["source"] = record.get("source") or s.name  # the row's `source` column, else the source's name
             problems.append(record)
         drops[s.name] = dict(dm.drop_counts)
     return problems, drops

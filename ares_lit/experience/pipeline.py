@@ -151,9 +151,10 @@ def build_rollout_batch(
         "token_entropy": entropy[response_mask],
         "group_ids": rows.group_ids.to(dev),
     }
-    metrics = _metrics(groups, rows, old_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha)
-    samples = text_samples(tokenizer, groups, hwe_m, rows, reward, r_ent, bucket, cfg.num_text_samples)
+    # Padded once: the log-prob gap panel and the rollout correction in the loss both read it.
     engine_lp = pad_engine_log_probs([c.logprobs for g in groups for c in g.completions], old_lp)
+    metrics = _metrics(rows, old_lp, engine_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha)
+    samples = text_samples(tokenizer, groups, hwe_m, rows, reward, r_ent, bucket, cfg.num_text_samples)
     return RolloutBatch(
         input_ids=rows.input_ids,
         attention_mask=rows.attention_mask,
@@ -179,7 +180,7 @@ def _rows(groups: list[PromptGroup], key: str, device) -> torch.Tensor:
     return (torch.cat(parts) if parts else torch.zeros(0)).to(device)
 
 
-def _metrics(groups, rows: RolloutTensors, old_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha) -> dict:
+def _metrics(rows: RolloutTensors, old_lp, engine_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha) -> dict:
     """The step's scalars: timings, throughput, τ, T_d and α_d, and the engine/trainer log-prob gap."""
     gen_tokens = float(lengths.sum())
     metrics = {f"time/{k}": v for k, v in timings.items()}
@@ -187,7 +188,7 @@ def _metrics(groups, rows: RolloutTensors, old_lp, response_mask, lengths, timin
     metrics["rollout/num_samples"] = float(rows.input_ids.shape[0])
     metrics["hwe/threshold"] = threshold
     metrics["hwe/threshold_batch"] = tau_batch
-    gap = logprob_gap([c.logprobs for g in groups for c in g.completions], old_lp, response_mask)
+    gap = logprob_gap(engine_lp, old_lp, response_mask)
     if gap is not None:
         metrics["rollout/engine_logprob_gap"] = gap
     for d, name in enumerate(BUCKET_NAMES):
@@ -219,13 +220,9 @@ def text_samples(tokenizer, groups, hwe, rows: RolloutTensors, reward, r_ent, bu
     return out
 
 
-def logprob_gap(engine_lp: list, trainer_lp: torch.Tensor, mask: torch.Tensor) -> float | None:
-    """Mean |engine log-prob - trainer log-prob| over sampled tokens (a weight-sync health check)."""
-    if any(lp is None for lp in engine_lp):
+def logprob_gap(engine_lp: torch.Tensor | None, trainer_lp: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """Mean |engine log-prob - trainer log-prob| over sampled tokens (a weight-sync health check);
+    None without engine log-probs or tokens. `engine_lp` is `batch.pad_engine_log_probs`'s tensor."""
+    if engine_lp is None or not bool(mask.any()):
         return None
-    eng = torch.zeros_like(trainer_lp)
-    for i, lp in enumerate(engine_lp):
-        if lp:
-            eng[i, : len(lp)] = torch.tensor(lp, dtype=trainer_lp.dtype)
-    diff = (eng - trainer_lp).abs()
-    return float(diff[mask].mean()) if bool(mask.any()) else None
+    return float((engine_lp - trainer_lp).abs()[mask].mean())
