@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/ares_lit/torch_extensions
 
-.PHONY: install test test-all bench clean
+.PHONY: install install-bench test test-all bench clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-all:
 
 bench:
 	$(BIN)/python benchmarks/bench_core.py
+
+# TRL for benchmarks/bench_step.py only (the comparison arm); never part of `make install`.
+install-bench:
+	$(BIN)/pip install -q -e ".[bench]" 2>&1 | $(QUIET_PIP)
 
 clean:
 	rm -rf $(VENV) runs lightning_logs .pytest_cache .hypothesis

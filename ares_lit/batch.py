@@ -10,7 +10,55 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-__all__ = ["RolloutBatch", "pad_engine_log_probs"]
+__all__ = ["RolloutBatch", "pad_engine_log_probs", "plan_micro_batches", "row_lengths", "trim_columns"]
+
+
+def row_lengths(attention_mask: torch.Tensor, response_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([N] prompt lengths, [N] response lengths) of rows in verl's layout (prompts left-padded,
+    responses right-padded to `response_len`)."""
+    p_width = attention_mask.shape[1] - response_len
+    return attention_mask[:, :p_width].sum(-1), attention_mask[:, p_width:].sum(-1)
+
+
+def trim_columns(attention_mask: torch.Tensor, response_len: int) -> tuple[slice, int]:
+    """The columns that rows `attention_mask` [n, P + R] need: (a slice of the P + R columns, R'),
+    cut to the rows' own longest prompt and longest response (R' >= 1, so the layout stays defined)."""
+    p_width = attention_mask.shape[1] - response_len
+    p_lens, r_lens = row_lengths(attention_mask, response_len)
+    p_keep = int(p_lens.max()) if p_lens.numel() else 0
+    r_keep = max(1, int(r_lens.max()) if r_lens.numel() else 1)
+    return slice(p_width - p_keep, p_width + r_keep), r_keep
+
+
+def plan_micro_batches(
+    prompt_lens: torch.Tensor, response_lens: torch.Tensor, rows: torch.Tensor, max_rows: int, max_tokens: int | None
+) -> list[torch.Tensor]:
+    """Cut `rows` (indices into the length tensors) into micro-batches of similar lengths.
+
+    Rows are sorted by response length, then prompt length, longest first (the first micro-batch
+    is the largest, so memory runs out at once if it runs out at all). A micro-batch, once cut to
+    its own longest prompt and response (`trim_columns`), costs rows x (P' + R') positions:
+    with `max_tokens` it takes rows while that stays within the budget (at least one row; a row
+    longer than the budget runs alone); without, it takes `max_rows` rows. Sorting only reorders
+    rows within the set, so the sum of their gradients is the same (up to float summation order).
+    """
+    if rows.numel() == 0:
+        return []
+    p, r = prompt_lens[rows].tolist(), response_lens[rows].tolist()
+    order = sorted(range(len(p)), key=lambda i: (-r[i], -p[i], i))
+    plans: list[list[int]] = []
+    cur: list[int] = []
+    p_max = r_max = 0
+    for i in order:
+        new_p, new_r = max(p_max, p[i]), max(r_max, r[i], 1)
+        full = len(cur) >= max_rows if max_tokens is None else (len(cur) + 1) * (new_p + new_r) > max_tokens
+        if cur and full:
+            plans.append(cur)
+            cur, new_p, new_r = [], p[i], max(r[i], 1)
+        cur.append(i)
+        p_max, r_max = new_p, new_r
+    plans.append(cur)
+    return [rows[torch.tensor(c, dtype=torch.long, device=rows.device)] for c in plans]
 
 
 def pad_engine_log_probs(engine_lp: list, like: torch.Tensor) -> torch.Tensor | None:
@@ -95,24 +143,33 @@ class RolloutBatch:
             counts[0, j] = m.sum() if token_mean else (m.sum(-1) > 0).sum()
         return counts
 
+    def micro_batches(self, rows: torch.Tensor, max_rows: int, max_tokens: int | None) -> list[torch.Tensor]:
+        """`plan_micro_batches` over this batch's rows `rows` (a mini-batch)."""
+        p_lens, r_lens = row_lengths(self.attention_mask, self.response_len)
+        return plan_micro_batches(p_lens, r_lens, rows, max_rows, max_tokens)
+
     def select(self, index: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        """The tensors the loss needs, for the rows in `index` (images concatenated in row order)."""
+        """The tensors the loss needs, for the rows in `index` (images concatenated in row order),
+        cut to these rows' own longest prompt and response (`trim_columns`): no column that is
+        padding in every row is computed. "response_len" is the kept response width R'."""
         from ares_lit.vision import merge_multimodal
 
-        ref = None if self.ref_log_probs is None else self.ref_log_probs[index]
-        engine = None if self.engine_log_probs is None else self.engine_log_probs[index]
+        cols, r_keep = trim_columns(self.attention_mask[index], self.response_len)
+        ref = None if self.ref_log_probs is None else self.ref_log_probs[index, :r_keep]
+        engine = None if self.engine_log_probs is None else self.engine_log_probs[index, :r_keep]
         mm = None
         if self.multimodal is not None:
             mm = merge_multimodal([self.multimodal[i] for i in index.tolist()])
         return {
             "multimodal": mm,
-            "input_ids": self.input_ids[index],
-            "attention_mask": self.attention_mask[index],
-            "response_mask": self.response_mask[index],
-            "old_log_probs": self.old_log_probs[index],
+            "input_ids": self.input_ids[index, cols],
+            "attention_mask": self.attention_mask[index, cols],
+            "response_len": r_keep,
+            "response_mask": self.response_mask[index, :r_keep],
+            "old_log_probs": self.old_log_probs[index, :r_keep],
             "ref_log_probs": ref,
             "engine_log_probs": engine,
             "advantages": self.advantages[index],
             "bucket": self.bucket[index],
-            "window_mask": self.window_mask[index],
+            "window_mask": self.window_mask[index, :r_keep],
         }

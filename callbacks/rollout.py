@@ -20,6 +20,7 @@ import torch
 from ares_lit.core import HWEThreshold, get_advantage_estimator
 from ares_lit.experience import ExperienceConfig, StepSeeds, grade_responses, make_experience
 from ares_lit.experience.groups import timer
+from ares_lit.experience.scoring import reuse_engine_scores
 from ares_lit.modules.zero import gathered_parameters, zero3_enabled
 from ares_lit.progress import report_phase
 
@@ -64,6 +65,9 @@ class RolloutCallback(pl.Callback):
             group was all right or all wrong (nothing to learn; check answers and rewards).
         seed: base sampling seed; each sample's seed is derived from it, the rank, the step, the refill
             round and the sample's position, so no two samples of a run share one (experience/seeds.py).
+        policy_scoring: "auto" skips the trainer's policy scoring pass where the engine's log-probs
+            and entropy are the trainer's own (the hf engine on the live policy, no top-k/top-p, no
+            autocast, no rollout correction; experience/scoring.py reuse_engine_scores); "always".
         sleep_level: vLLM sleep level between rollouts (CUDA only): 2 drops the weights and the KV
             cache (they are pushed every step anyway), 1 offloads the weights to host memory, 0 never
             sleeps. The engine wakes before the weight push and sleeps after the last generation of
@@ -104,6 +108,7 @@ class RolloutCallback(pl.Callback):
         max_empty_steps: int = 20,
         seed: int = 0,
         sleep_level: int = 2,
+        policy_scoring: str = "auto",
     ) -> None:
         super().__init__()
         if n < 2:
@@ -121,6 +126,8 @@ class RolloutCallback(pl.Callback):
         if not 0 <= max_refill_tries <= 63:
             raise ValueError(f"max_refill_tries must be in [0, 63] (a field of the sampling seed); got {max_refill_tries}")
         get_advantage_estimator(advantage)  # fails early on an unknown name
+        reuse_engine_scores(policy_scoring, None, None, "", None)  # and on an unknown policy_scoring
+        self.policy_scoring = policy_scoring
         self.engine_name = engine
         self.engine_kwargs = dict(engine_kwargs or {})
         self.max_new_tokens = max_new_tokens
@@ -195,22 +202,9 @@ class RolloutCallback(pl.Callback):
             self._trigger_ids = trigger_token_ids(pl_module.tokenizer, words)
 
     def _grader(self, probe: bool):
-        """The math-verify grader; with `probe`, it must first accept one known pair, so that a broken
-        install fails now, not after `max_empty_steps` steps in which every answer counted as wrong."""
-        from ares_lit.grading import Grader
+        from ares_lit.grading import probed_grader
 
-        grader = Grader(timeout=self.grade_timeout, answer_fallback=self.answer_fallback)
-        if probe and not grader.grade("\\boxed{1/2}", "0.5"):
-            stats = dict(grader.stats)
-            grader.close()
-            raise RuntimeError(
-                "the math-verify grader failed its start-up check (\\boxed{1/2} graded against 0.5 was not "
-                f"accepted; counters {stats}). Check that math-verify is installed in this Python "
-                "(pip install 'math-verify>=0.8') and that a grading subprocess can start, or pass a "
-                "rollout reward_fn (path.py:function) to grade without it."
-            )
-        grader.stats = dict.fromkeys(grader.stats, 0)  # the logged grading/* counters count training answers only
-        return grader
+        return probed_grader(self.grade_timeout, self.answer_fallback, probe)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # `python -m ares_lit validate|test` never calls on_fit_start: the engine starts here.
@@ -289,6 +283,12 @@ class RolloutCallback(pl.Callback):
             kwargs.setdefault("processor", self.processor)
             self.engine = build_engine("hf", model=pl_module.policy, tokenizer=pl_module.tokenizer, **kwargs)
         pl_module.rollout_engine = self.engine
+        hp = pl_module.hparams
+        self.config.engine_scores, how = reuse_engine_scores(
+            self.policy_scoring, self.engine, self.config, trainer.precision, hp.get("rollout_correction")
+        )
+        if trainer.is_global_zero:
+            print(f"[ares_lit] policy scoring pass: {how}", flush=True)
         self._describe_sleep(trainer)
         self._module = pl_module
 

@@ -44,6 +44,10 @@ class ExperienceConfig:
     """Keyword arguments of `core.entropy_shaping_reward` (margin_frac, huber_kappa, ...)."""
     num_text_samples: int = 4
     """Decoded responses kept for the TensorBoard text panel."""
+    engine_scores: bool = False
+    """Use the engine's own log-probs and entropy as the old log-probs and H_t, skipping the
+    trainer's policy scoring pass (only where they are the trainer's values; RolloutCallback
+    policy_scoring="auto" sets it)."""
 
     def sampling(self, seed: int) -> SamplingConfig:
         """The engine's sampling settings for one round, with its seed."""

@@ -30,7 +30,7 @@ from ares_lit.core import BUCKET_NAMES, HWEThreshold, window_entropy
 from ares_lit.distributed import world_max
 from ares_lit.experience.config import ExperienceConfig
 from ares_lit.experience.groups import Grade, PromptGroup, _no_report, collect_groups
-from ares_lit.experience.scoring import RolloutTensors, Scorer, pack_groups, score_rollouts
+from ares_lit.experience.scoring import RolloutTensors, Scorer, engine_scores, pack_groups, score_rollouts
 from ares_lit.experience.seeds import StepSeeds
 from ares_lit.experience.shaping import bucket_controllers, group_advantages, hwe_threshold_step, hwe_tokens, shaped_reward
 from ares_lit.rollout.base import RolloutEngine
@@ -120,7 +120,12 @@ def build_rollout_batch(
     timings = {} if timings is None else timings
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = pack_groups(groups, pad, pixels)
-    old_lp, entropy, ref_lp = score_rollouts(rows, score_policy, score_reference, cfg.temperature, on_phase, timings)
+    # cfg.engine_scores: the engine's log-probs and entropy are the trainer's own (RolloutCallback
+    # policy_scoring="auto" decides once): the policy pass is skipped when every row has them.
+    reused = engine_scores(groups, rows) if cfg.engine_scores else None
+    old_lp, entropy, ref_lp = score_rollouts(
+        rows, None if reused is not None else score_policy, score_reference, cfg.temperature, on_phase, timings, reused
+    )
     dev = old_lp.device
     response_mask = rows.response_mask.to(dev)
     entropy = entropy.to(dev)
@@ -153,7 +158,10 @@ def build_rollout_batch(
     }
     # Padded once: the log-prob gap panel and the rollout correction in the loss both read it.
     engine_lp = pad_engine_log_probs([c.logprobs for g in groups for c in g.completions], old_lp)
-    metrics = _metrics(rows, old_lp, engine_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha)
+    # With the policy pass skipped the engine's values ARE the old log-probs: no gap to report.
+    gap_lp = None if reused is not None else engine_lp
+    metrics = _metrics(rows, old_lp, gap_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha)
+    metrics["rollout/policy_pass_skipped"] = float(reused is not None)
     samples = text_samples(tokenizer, groups, hwe_m, rows, reward, r_ent, bucket, cfg.num_text_samples)
     return RolloutBatch(
         input_ids=rows.input_ids,

@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ares_lit.experience.groups import PromptGroup, _no_report, timer
 
-__all__ = ["RolloutTensors", "Scorer", "pack_groups", "multimodal_rows", "score_rollouts"]
+__all__ = ["RolloutTensors", "Scorer", "engine_scores", "pack_groups", "multimodal_rows", "score_rollouts"]
 
 Scorer = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -93,35 +93,94 @@ def pack_groups(groups: list[PromptGroup], pad_id: int, pixels: Callable | None 
     return RolloutTensors(input_ids, attention, response_mask, group_ids, p_len, multimodal_rows(groups, pixels))
 
 
+def engine_scores(groups: list[PromptGroup], rows: RolloutTensors) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The engine's own log-probs and entropy as [N, R] tensors (0 past each response); None when
+    any completion lacks either."""
+    comps = [c for g in groups for c in g.completions]
+    if any(c.logprobs is None or c.entropy is None for c in comps):
+        return None
+    r_len = rows.response_len
+    out = torch.zeros(2, len(comps), r_len)
+    for i, c in enumerate(comps):
+        k = min(len(c.token_ids), r_len)
+        out[0, i, :k] = torch.tensor(c.logprobs[:k], dtype=torch.float32)
+        out[1, i, :k] = torch.tensor(c.entropy[:k], dtype=torch.float32)
+    return out[0], out[1]
+
+
 def score_rollouts(
     rows: RolloutTensors,
-    score_policy: Scorer,
+    score_policy: Scorer | None,
     score_reference: Scorer | None,
     temperature: float,
     on_phase: Callable[..., None] = _no_report,
     timings: dict | None = None,
+    engine_values: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Old log-probs and exact token entropy H_t (policy, one pass), and reference log-probs.
 
     ARES_SPEC "Token entropy" (exact, fp32, at the sampling temperature) and "Dynamic KL" (the
     frozen reference). Always calls the scorers, also with N = 0 rows: they are collectives.
+    With `score_policy=None` the policy pass is skipped and `engine_values` (the engine's own
+    log-probs and entropy, `engine_scores`; only when they are the trainer's values) stand in.
 
     Returns:
         (old_log_probs [N, R], entropy [N, R], ref_log_probs [N, R] or None).
     """
     timings = {} if timings is None else timings
-    passes = 1 if score_reference is None else 2
+    if score_policy is None and engine_values is None:
+        raise ValueError("score_rollouts: without a policy scorer the engine's log-probs and entropy are needed")
+    passes = (score_policy is not None) + (score_reference is not None)
     r_len = rows.response_len
     with timer(timings, "logprobs"):
-        on_phase("scoring", 0, passes)
-        old_lp, entropy = score_policy(rows.input_ids, rows.attention_mask, r_len, temperature, True, rows.multimodal)
+        done = 0
+        if score_policy is not None:
+            on_phase("scoring", 0, passes)
+            with timer(timings, "score_policy"):
+                old_lp, entropy = score_policy(rows.input_ids, rows.attention_mask, r_len, temperature, True, rows.multimodal)
+            done = 1
+        else:
+            old_lp, entropy = engine_values
         ref_lp = None
         if score_reference is not None:
-            on_phase("scoring", 1, passes)
-            ref_lp, _ = score_reference(rows.input_ids, rows.attention_mask, r_len, temperature, False, rows.multimodal)
+            on_phase("scoring", done, passes)
+            with timer(timings, "score_reference"):
+                ref_lp, _ = score_reference(rows.input_ids, rows.attention_mask, r_len, temperature, False, rows.multimodal)
     n = rows.input_ids.shape[0]
     if n == 0:  # a scorer may answer zero rows with any 0-row shape (and no entropy): fix the layout
         empty = torch.zeros(0, r_len, device=old_lp.device)
         old_lp, entropy = empty, empty.clone()
         ref_lp = None if ref_lp is None else empty.clone()
     return old_lp, entropy, ref_lp
+
+
+POLICY_SCORING = ("auto", "always")
+
+
+def reuse_engine_scores(policy_scoring: str, engine, cfg, precision: str, rollout_correction: str | None) -> tuple[bool, str]:
+    """Whether the trainer's policy scoring pass can be skipped (and why, for the log).
+
+    "auto" skips it when the engine's log-probs and entropy are the trainer's own values: an
+    engine that says so (`reports_trainer_scores`: the hf engine on the live policy), sampling
+    without top-k / top-p truncation (else the engine reports the truncated policy), no autocast
+    (a "*-mixed" precision scores in lower precision than the engine generates), and no rollout
+    correction (it measures exactly the trainer/engine gap). The engine samples with the weights
+    from before the step's update, so its values are π_old also over several mini-batches and
+    PPO epochs. "always" runs the pass.
+    """
+    if policy_scoring not in POLICY_SCORING:
+        raise ValueError(f"policy_scoring must be one of {POLICY_SCORING}; got {policy_scoring!r}")
+    why = None
+    if policy_scoring == "always":
+        why = "policy_scoring=always"
+    elif not getattr(engine, "reports_trainer_scores", False):
+        why = "the engine's log-probs are not the trainer's (vLLM, or an owned copy)"
+    elif cfg.top_k > 0 or cfg.top_p < 1.0:
+        why = "top-k / top-p truncation"
+    elif "mixed" in str(precision):
+        why = f"precision {precision} autocasts the trainer's passes"
+    elif rollout_correction:
+        why = "model.rollout_correction compares the two"
+    if why is None:
+        return True, "skipped: the hf engine on the live policy records the trainer's own log-probs and entropy"
+    return False, f"runs ({why})"

@@ -26,6 +26,7 @@ from ares_lit.batch import RolloutBatch
 from ares_lit.core.correction import ROLLOUT_CORRECTIONS, rollout_correction
 from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, POLICY_LOSSES, aggregate, get_policy_loss, kl_estimate, nonwindow_kl
 from ares_lit.progress import report_phase
+from ares_lit.modules.scoring import ScoringMixin
 from ares_lit.modules.validation import ValidationMixin, ValidationSettings
 from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.zero import adamw, param_shape, shard_for_inference, zero3_enabled
@@ -37,7 +38,7 @@ __all__ = ["AEPOModule"]
 _LOSS_KEYS = ("pg_loss", "kl_loss", "loss")
 
 
-class AEPOModule(ValidationMixin, pl.LightningModule):
+class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
     """Adaptive Entropy Policy Optimization.
 
     Args:
@@ -49,7 +50,15 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         warmup_steps: linear learning-rate warmup in optimizer steps (paper: 0).
         mini_batch_size: rollouts per optimizer step; a rollout batch of N samples gives
             ceil(N / mini_batch_size) optimizer steps per PPO epoch.
-        micro_batch_size: rollouts per forward/backward (gradient accumulation inside a mini-batch).
+        micro_batch_size: rollouts per forward/backward (gradient accumulation inside a mini-batch),
+            when no token budget is set.
+        max_tokens_per_micro_batch: token budget of an update micro-batch: rows sorted by length are
+            taken while rows x (longest prompt + longest response) stays within it (verl's
+            use_dynamic_bsz); None = micro_batch_size rows. Either way each micro-batch is cut to
+            its own longest prompt and response, so no all-padding column is computed.
+        max_tokens_per_score_batch: the same budget for the no-grad scoring passes (old and
+            reference log-probs; no activations are kept, so it can be larger); None =
+            micro_batch_size rows.
         ppo_epochs: passes over each rollout batch.
         grad_clip: max global gradient norm (0 = off).
         clip_low: ε_low of the clipped surrogate.
@@ -85,6 +94,8 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         warmup_steps: int = 0,
         mini_batch_size: int = 16,
         micro_batch_size: int = 4,
+        max_tokens_per_micro_batch: int | None = None,
+        max_tokens_per_score_batch: int | None = None,
         ppo_epochs: int = 1,
         grad_clip: float = 1.0,
         clip_low: float = 0.2,
@@ -124,6 +135,9 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
             raise ValueError(
                 f"need 1 <= model.micro_batch_size <= model.mini_batch_size; got {micro_batch_size} and {mini_batch_size}"
             )
+        for name, budget in (("max_tokens_per_micro_batch", max_tokens_per_micro_batch), ("max_tokens_per_score_batch", max_tokens_per_score_batch)):
+            if budget is not None and budget < 1:
+                raise ValueError(f"model.{name} must be >= 1 or null (micro_batch_size rows); got {budget}")
         if ppo_epochs < 1:
             raise ValueError(f"model.ppo_epochs must be >= 1; got {ppo_epochs}")
         self.save_hyperparameters()
@@ -135,6 +149,8 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         self._reference: list[torch.nn.Module] = []  # a list keeps it out of state_dict/optimizer
         self.kl_controller = None  # set by DynamicKLCallback
         self.kl_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.reset_pad_stats()  # real / computed positions of this step's forwards (*/pad_fraction)
+        self.last_pad_stats = dict(self.pad_stats)
 
     # ------------------------------------------------------------------ models
     def configure_model(self) -> None:
@@ -197,61 +213,6 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
         return {"optimizer": opt, "lr_scheduler": sched}
 
-    # ------------------------------------------------------------------ scoring
-    @torch.no_grad()
-    def score(
-        self,
-        model: torch.nn.Module,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        response_len: int,
-        temperature: float,
-        with_entropy: bool = False,
-        multimodal: list | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs (and exact entropy) of the response tokens, micro-batched, without gradients.
-
-        `multimodal` is one `MultimodalInputs` (or None) per row, for vision-language policies.
-        """
-        from ares_lit.vision import merge_multimodal
-
-        was_training = model.training
-        model.eval()
-        lps, ents = [], []
-        step = self.hparams.micro_batch_size
-        budget = self.hparams.logit_budget_mb * 2**20
-        n = 0 if input_ids is None else input_ids.shape[0]
-        local_chunks = -(-n // step)
-        # Every rank runs the same number of forwards (ZeRO-3 gathers are collectives): a rank
-        # with fewer rows repeats a dummy chunk and throws the result away.
-        for c in range(max(local_chunks, world_max(local_chunks))):
-            if c < local_chunks:
-                ids, mask = input_ids[c * step : (c + 1) * step], attention_mask[c * step : (c + 1) * step]
-                mm = merge_multimodal(multimodal[c * step : (c + 1) * step]) if multimodal else None
-            else:
-                ids, mask, mm, response_len = self._dummy_inputs()
-            lp, ent = response_logprobs(
-                model, ids.to(self.device), mask.to(self.device), response_len, temperature, with_entropy, budget, mm,
-                vision_always=self._vision_always(),
-            )
-            if c < local_chunks:
-                lps.append(lp)
-                ents.append(ent)
-        model.train(was_training)
-        if not lps:
-            return torch.zeros(0, 0, device=self.device), None
-        return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
-
-    def _dummy_inputs(self):
-        """One 2-token row (pad, eos) that only keeps collective counts equal across ranks."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        ids = torch.tensor([[pad, self.tokenizer.eos_token_id]], dtype=torch.long)
-        return ids, torch.ones_like(ids), None, 1
-
-    def _vision_always(self) -> bool:
-        """With several ranks, a VL model runs its vision tower in every forward (ZeRO-3 gathers it)."""
-        return self._trainer is not None and self._trainer.world_size > 1
-
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int):
         rollout: RolloutBatch | None = batch.get("rollout") if isinstance(batch, dict) else None
@@ -270,6 +231,7 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
             opt.step()
             self.kl_stats = self._zero_kl_stats() if self.reference is not None else None
             self.log("train/skipped_steps", 1.0, on_step=True, reduce_fx="sum")
+            self.reset_pad_stats()
             return None
         started = time.perf_counter()
         rollout = rollout.to(self.device) if rollout is not None else None
@@ -292,13 +254,14 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
             starts = range(0, n_max, hp.mini_batch_size)
             minis = [order[s : s + hp.mini_batch_size] for s in starts]
             normalizers = self._normalizers(rollout, minis)
-            for mb_start, mini, normalizer in zip(starts, minis, normalizers):
-                planned = min(hp.mini_batch_size, n_max - mb_start)
-                for loss, metrics, kl_tok, micro in self.mini_batch_losses(rollout, mini, planned, normalizer, horizon):
+            for mini, normalizer in zip(minis, normalizers):
+                for loss, metrics, kl_tok, micro in self.mini_batch_losses(rollout, mini, normalizer, horizon):
                     self.manual_backward(loss)
                     if micro is None:  # a zero-weight dummy: it only keeps the collective count
                         continue
-                    share = micro["input_ids"].shape[0] / mini.numel()
+                    # Other metrics are token means of the micro-batch: weighted by its token share they
+                    # add up to the mini-batch's token mean, however it was cut into micro-batches.
+                    share = float(micro["response_mask"].sum()) / max(float(rollout.response_mask[mini].sum()), 1.0)
                     for k, v in metrics.items():
                         # Loss terms are already normalised by the mini-batch total: they add up.
                         sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k in _LOSS_KEYS else share)
@@ -324,6 +287,7 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         logs["train/optimizer_steps"] = float(num_updates)
         logs["train/rollout_size"] = float(n)
         logs["time/update"] = time.perf_counter() - started
+        logs.update(self._pad_fractions())
         pg = logs.pop("train/pg_loss", 0.0)
         self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False)
         self.log("train/pg_loss", pg, prog_bar=True, on_step=True, on_epoch=False)
@@ -343,28 +307,34 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         z = torch.zeros(NUM_BUCKETS, device=self.device, dtype=torch.float64)
         return z, z.clone()
 
-    def _dummy_micro(self, rollout: RolloutBatch | None) -> tuple[dict, int, float]:
+    def _dummy_micro(self, rollout: RolloutBatch | None) -> tuple[dict, float]:
         """A one-row micro-batch whose loss is multiplied by 0: a real row of this rank, else pad+eos."""
         if rollout is not None and rollout.size > 0:
-            return rollout.select(torch.zeros(1, dtype=torch.long, device=self.device)), rollout.response_len, rollout.temperature
+            return rollout.select(torch.zeros(1, dtype=torch.long, device=self.device)), rollout.temperature
         ids, mask, _, r_len = self._dummy_inputs()
         row = RolloutBatch.placeholder(ids.to(self.device), mask.to(self.device), r_len, self.reference is not None)
-        return row.select(torch.zeros(1, dtype=torch.long, device=self.device)), r_len, 1.0
+        return row.select(torch.zeros(1, dtype=torch.long, device=self.device)), 1.0
 
-    def mini_batch_losses(self, rollout: RolloutBatch | None, mini: torch.Tensor, planned: int, normalizer: float, horizon: float):
-        """Yield (loss, metrics, k3, micro) per micro-batch of a planned mini-batch, for the caller to backward;
-        a rank out of rows yields zero-weight dummies (micro None): every rank runs the same backwards."""
-        step = self.hparams.micro_batch_size
-        for mc_start in range(0, planned, step):
-            rows = mini[mc_start : mc_start + step]
-            self._accumulation_boundary(mc_start + step >= planned)
-            if rows.numel() == 0:
-                micro, r_len, temp = self._dummy_micro(rollout)
-                loss, _, _ = self._micro_loss(micro, r_len, temp, 1.0)
+    def mini_batch_losses(self, rollout: RolloutBatch | None, mini: torch.Tensor, normalizer: float, horizon: float | None):
+        """Yield (loss, metrics, k3, micro) per micro-batch of a mini-batch, for the caller to backward.
+
+        Micro-batches: `max_tokens_per_micro_batch` (else micro_batch_size rows) over the mini-batch's
+        rows sorted by length, each cut to its own longest prompt and response. Every rank runs
+        as many as the rank with the most (a collective): a rank out of rows yields zero-weight
+        dummies (micro None)."""
+        hp = self.hparams
+        micros = [] if rollout is None or mini.numel() == 0 else rollout.micro_batches(mini, hp.micro_batch_size, hp.max_tokens_per_micro_batch)
+        count = world_max(len(micros))
+        for j in range(count):
+            self._accumulation_boundary(j == count - 1)
+            if j >= len(micros):
+                micro, temp = self._dummy_micro(rollout)
+                loss, _, _ = self._micro_loss(micro, temp, 1.0)
                 yield loss * 0.0, None, None, None
                 continue
-            micro = rollout.select(rows)
-            loss, metrics, k3 = self._micro_loss(micro, rollout.response_len, rollout.temperature, normalizer, horizon)
+            micro = rollout.select(micros[j])
+            self._count_pad("update", micro["attention_mask"], micro["response_len"])
+            loss, metrics, k3 = self._micro_loss(micro, rollout.temperature, normalizer, horizon)
             yield loss, metrics, k3, micro
 
     def _normalizers(self, rollout: RolloutBatch | None, minis: list[torch.Tensor]) -> list[float]:
@@ -385,8 +355,10 @@ class AEPOModule(ValidationMixin, pl.LightningModule):
         h = self.hparams.loss_horizon or (rollout and (rollout.max_new_tokens or rollout.response_len)) or 0
         return float(world_max(h))
 
-    def _micro_loss(self, micro: dict, response_len: int, temperature: float, normalizer: float, horizon: float | None = None):
+    def _micro_loss(self, micro: dict, temperature: float, normalizer: float, horizon: float | None = None):
+        """The loss of one micro-batch (`RolloutBatch.select`'s dict, cut to its own width)."""
         hp = self.hparams
+        response_len = micro["response_len"]
         log_probs, _ = response_logprobs(
             self.policy,
             micro["input_ids"],

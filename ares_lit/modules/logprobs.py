@@ -3,7 +3,8 @@
 The decoder runs once; the LM head, the fp32 log-softmax and the entropy run over chunks of
 response positions. With gradients, each chunk runs under activation checkpointing, so backward
 keeps only the hidden states and recomputes one chunk of logits at a time: peak memory is
-O(chunk x V) in fp32, never O(B x T x V).
+O(chunk x V) in fp32, never O(B x T x V). A micro-batch whose response positions fit in one chunk
+skips the checkpoint (same peak, no second LM-head forward).
 
 Vision-language policies (Qwen2.5-VL): `decoder_hidden` runs the multimodal base model with the
 prompt's `pixel_values` / `image_grid_thw` and 3-D M-RoPE positions from the model's own
@@ -175,7 +176,12 @@ def response_logprobs(
     for c in range(chunks):
         hc, tc = flat_h[c * rows : (c + 1) * rows], flat_t[c * rows : (c + 1) * rows]
         if grad:
-            logps.append(checkpoint(chunk_logprobs, head, hc, tc, temperature, banned, use_reentrant=False))
+            if chunks > 1:  # recompute this chunk's logits in backward: O(chunk x V) peak memory
+                logps.append(checkpoint(chunk_logprobs, head, hc, tc, temperature, banned, use_reentrant=False))
+            else:
+                # One chunk: backward needs that chunk's logits at once either way, so keeping them
+                # from the forward costs no peak memory and saves recomputing the LM head.
+                logps.append(chunk_logprobs(head, hc, tc, temperature, banned))
             if with_entropy:  # no gradient: the same fp32 log-softmax of the chunk, outside the graph
                 with torch.no_grad():
                     lsm = _logits(head, hc.detach(), temperature, banned).log_softmax(-1)

@@ -69,10 +69,21 @@ class Completion:
     """Engine log-prob of each sampled token under the sampling distribution (module docstring)."""
     finish_reason: str
     """"stop" (eos or a stop token was sampled) or "length" (max_tokens or max_model_len reached)."""
+    entropy: list[float] | None = None
+    """Exact full-vocabulary entropy of softmax(logits / T) at each sampled position (the trainer's
+    H_t, ARES_SPEC "Token entropy"); None when the engine does not compute it (vLLM) or samples
+    with top-k / top-p truncation."""
 
 
 class RolloutEngine(ABC):
     """Generates rollouts and scores sequences with the current policy weights."""
+
+    @property
+    def reports_trainer_scores(self) -> bool:
+        """True when `Completion.logprobs` and `.entropy` are the trainer's own old log-probs and
+        entropy (same weights, same dtype, the same full-vocabulary log-softmax): the trainer may
+        then skip its policy scoring pass (RolloutCallback policy_scoring="auto")."""
+        return False
 
     @abstractmethod
     def generate(

@@ -168,7 +168,8 @@ class HFEngine(RolloutEngine):
         banned = banned_token_ids(self.model)
         if banned:  # a VL model's image/video placeholders are never sampled (the trainer masks them too)
             processors.insert(0, _BanTokens(banned))
-        recorder = _SampledTokenLogprobs()
+        # Untruncated, the recorded log-softmax is the trainer's own: its entropy is the exact H_t.
+        recorder = _SampledTokenLogprobs(with_entropy=do_sample and s.top_k <= 0 and s.top_p >= 1.0)
         # A clean config, so the checkpoint's generation_config (e.g. Qwen's top_k=20, repetition_penalty)
         # cannot leak into the sampling distribution; every warper above is ours and explicit.
         # Sampling knobs only when sampling: greedy decoding with them set makes transformers warn.
@@ -189,6 +190,8 @@ class HFEngine(RolloutEngine):
                 "image_grid_thw": mm["image_grid_thw"].to(self.device),
                 "mm_token_type_ids": (input_ids == self.processor.image_token_id).int().to(self.device),
             }
+        if mm is None:
+            extra["past_key_values"] = self._shared_prefill(rows, input_ids, mask)
         seqs = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -197,7 +200,7 @@ class HFEngine(RolloutEngine):
             **extra,
         )
         gen = seqs[:, prompt_width:]
-        logprobs = recorder.result(gen)
+        logprobs, entropy = recorder.result(gen)
 
         # Cut each row after its first stop token (HF pads finished rows with pad_token_id).
         is_stop = torch.isin(gen, torch.tensor(stop_ids, device=gen.device))
@@ -205,12 +208,42 @@ class HFEngine(RolloutEngine):
         first_stop = is_stop.int().argmax(dim=1)
         lengths = torch.where(stopped, first_stop + 1, torch.full_like(first_stop, gen.shape[1])).tolist()
         gen_list, lp_list, stopped = gen.tolist(), logprobs.tolist(), stopped.tolist()
+        ent_list = entropy.tolist() if entropy is not None else [None] * len(gen_list)
         token_ids = [g[:n] for g, n in zip(gen_list, lengths)]
         texts = self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
         return [
-            Completion(token_ids=t, text=txt, logprobs=lp[:n], finish_reason="stop" if st else "length")
-            for t, txt, lp, n, st in zip(token_ids, texts, lp_list, lengths, stopped)
+            Completion(token_ids=t, text=txt, logprobs=lp[:n], finish_reason="stop" if st else "length",
+                       entropy=None if ent is None else ent[:n])
+            for t, txt, lp, ent, n, st in zip(token_ids, texts, lp_list, ent_list, lengths, stopped)
         ]
+
+    def _shared_prefill(self, rows: list[list[int]], input_ids: torch.Tensor, mask: torch.Tensor):
+        """The KV cache of all but the last prompt token, computed once per distinct prompt and
+        repeated to its n rows (`generate` then prefills only the last token of each row); None
+        when rows do not come in equal runs of one prompt (or a prompt has one token).
+
+        Rows are prompt-major (row i*n + j is sample j of prompt i), so the n samples of a prompt
+        are consecutive copies of the same left-padded ids.
+        """
+        runs, start = [], 0
+        for i in range(1, len(rows) + 1):
+            if i == len(rows) or rows[i] != rows[start]:
+                runs.append(i - start)
+                start = i
+        k = runs[0]
+        if k < 2 or any(r != k for r in runs) or input_ids.shape[1] < 2:
+            return None
+        base_ids, base_mask = input_ids[::k, :-1].to(self.device), mask[::k, :-1].to(self.device)
+        positions = (base_mask.long().cumsum(-1) - 1).clamp_min(0)
+        cache = self.model(input_ids=base_ids, attention_mask=base_mask, position_ids=positions, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(k)
+        return cache
+
+    @property
+    def reports_trainer_scores(self) -> bool:
+        """On the trainer's live policy the recorded log-probs and entropy are the trainer's own (to
+        the ~1e-6 of a cached vs a full forward); an owned copy may differ in dtype."""
+        return not self.owns_weights
 
     def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
         check_score_inputs(sequences, prompt_lens, self.max_model_len, self.vocab_size)
@@ -276,23 +309,33 @@ class _BanTokens:
 
 class _SampledTokenLogprobs:
     """The last logits processor: keeps log_softmax of this step's final scores and, when called at the
-    next step (whose input_ids end with the token just sampled), keeps that token's entry."""
+    next step (whose input_ids end with the token just sampled), keeps that token's entry. With
+    `with_entropy` it also keeps each step's full-vocabulary entropy of those scores (-inf entries
+    add 0), the trainer's H_t when no truncation is applied."""
 
-    def __init__(self) -> None:
+    def __init__(self, with_entropy: bool = False) -> None:
         self.picked: list[torch.Tensor] = []
+        self.entropies: list[torch.Tensor] | None = [] if with_entropy else None
         self.last: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        from ares_lit.core.entropy import entropy_from_log_probs
+
         if self.last is not None:
             self.picked.append(self.last.gather(1, input_ids[:, -1:]))
         self.last = scores.float().log_softmax(-1)
+        if self.entropies is not None:
+            self.entropies.append(entropy_from_log_probs(self.last)[:, None])
         return scores
 
-    def result(self, generated: torch.Tensor) -> torch.Tensor:
-        """[batch, steps] log-probs of `generated` (the new tokens of `generate`'s output)."""
+    def result(self, generated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """([batch, steps] log-probs of `generated` (the new tokens of `generate`'s output),
+        [batch, steps] entropies or None)."""
         steps = generated.shape[1]
         if len(self.picked) < steps and self.last is not None:
             self.picked.append(self.last.gather(1, generated[:, -1:]))
+        zeros = generated.new_zeros(generated.shape, dtype=torch.float32)
         if not self.picked:
-            return generated.new_zeros(generated.shape, dtype=torch.float32)
-        return torch.cat(self.picked, dim=1)[:, :steps]
+            return zeros, (zeros.clone() if self.entropies is not None else None)
+        entropy = torch.cat(self.entropies, dim=1)[:, :steps] if self.entropies else None
+        return torch.cat(self.picked, dim=1)[:, :steps], entropy

@@ -54,6 +54,12 @@ def test_fit_writes_tensorboard_panels_and_exports(tmp_path, engine):
         "entropy/token_mean",
     ):
         assert tag in tags, f"{tag} missing; have {sorted(tags)}"
+    # Padding panels: the share of computed positions that were padding, scoring and update passes.
+    for tag in ("train/pad_fraction", "rollout/pad_fraction"):
+        assert all(0.0 <= e.value < 1.0 for e in acc.Scalars(tag)), tag
+    # The hf engine on the live policy gives the trainer's own log-probs and entropy: no policy pass.
+    skipped = {e.value for e in acc.Scalars("rollout/policy_pass_skipped")}
+    assert skipped == ({1.0} if engine == "hf" else {0.0}), skipped
     assert any(t.startswith("bucket/") and t.endswith("/accuracy") for t in tags)
     assert any(t.startswith("bucket/") and t.endswith("/kappa") for t in tags)
     assert len(acc.Scalars("train/pg_loss")) == 2

@@ -34,6 +34,7 @@ def rollout(module, n=8, p=5, r=7):
     attention = torch.ones(n, p + r, dtype=torch.long)
     attention[:, :2] = torch.arange(n)[:, None] % 2 == 0  # some prompts are left-padded
     lengths = torch.randint(1, r + 1, (n,), generator=g)
+    lengths[0] = r  # row 0 spans the full width: select() of all rows keeps every column
     response_mask = torch.arange(r)[None] < lengths[:, None]
     attention[:, p:] = response_mask
     old, _ = module.score(module.policy, ids, attention, r, 1.0)
@@ -56,7 +57,7 @@ def grads_of(module, rb, micro):
     normalizer = module._normalizers(rb, [torch.arange(rb.size)])[0]
     total = 0.0
     for start in range(0, rb.size, micro):
-        loss, _, _ = module._micro_loss(rb.select(idx[start : start + micro]), rb.response_len, 1.0, normalizer)
+        loss, _, _ = module._micro_loss(rb.select(idx[start : start + micro]), 1.0, normalizer)
         loss.backward()
         total += float(loss)
     grads = {n: p.grad.clone() for n, p in module.policy.named_parameters()}
@@ -88,7 +89,7 @@ def test_policy_loss_option_selects_the_registered_loss(module):
     for name in ("vanilla", "gspo", "cispo"):
         module.hparams.policy_loss = name
         try:
-            _, metrics, _ = module._micro_loss(micro, rb.response_len, 1.0, norm)
+            _, metrics, _ = module._micro_loss(micro, 1.0, norm)
         finally:
             module.hparams.policy_loss = "vanilla"
         expect, expect_metrics = get_policy_loss(name)(
@@ -105,11 +106,11 @@ def test_kl_term_uses_dynamic_coefficients_with_rho_in_windows(module):
     micro = rb.select(torch.arange(rb.size))
     norm = module._normalizers(rb, [torch.arange(rb.size)])[0]
     module.kl_controller = None
-    _, base, _ = module._micro_loss(micro, rb.response_len, 1.0, norm)
+    _, base, _ = module._micro_loss(micro, 1.0, norm)
     ctl = DynamicKL(kl_coef=0.01, rho=0.5)
     ctl.kappa = torch.tensor([0.02, 0.04, 0.08], dtype=torch.float64)
     module.kl_controller = ctl
-    _, dyn, k3 = module._micro_loss(micro, rb.response_len, 1.0, norm)
+    _, dyn, k3 = module._micro_loss(micro, 1.0, norm)
     module.kl_controller = None
     beta = ctl.coefficients(rb.bucket, rb.window_mask)
     expect = (beta * k3)[rb.response_mask].sum() / rb.response_mask.sum()
@@ -122,16 +123,16 @@ def test_kl_term_uses_dynamic_coefficients_with_rho_in_windows(module):
 def test_rollout_correction_weighs_the_policy_loss_by_the_engine_ratio(module):
     rb = rollout(module)
     norm = module._normalizers(rb, [torch.arange(rb.size)])[0]
-    _, off, _ = module._micro_loss(rb.select(torch.arange(rb.size)), rb.response_len, 1.0, norm)
+    _, off, _ = module._micro_loss(rb.select(torch.arange(rb.size)), 1.0, norm)
     g = torch.Generator().manual_seed(3)
     rb.engine_log_probs = rb.old_log_probs - 0.8 * torch.rand(rb.old_log_probs.shape, generator=g)  # ρ up to e^0.8
     micro = rb.select(torch.arange(rb.size))
     assert torch.equal(micro["engine_log_probs"], rb.engine_log_probs)  # select slices it
     module.hparams.rollout_correction = "token_tis"
     try:
-        _, on, _ = module._micro_loss(micro, rb.response_len, 1.0, norm)
+        _, on, _ = module._micro_loss(micro, 1.0, norm)
         rb.engine_log_probs = rb.old_log_probs.clone()  # an engine equal to the trainer
-        _, same, _ = module._micro_loss(rb.select(torch.arange(rb.size)), rb.response_len, 1.0, norm)
+        _, same, _ = module._micro_loss(rb.select(torch.arange(rb.size)), 1.0, norm)
     finally:
         module.hparams.rollout_correction = None
     assert abs(float(same["pg_loss"]) - float(off["pg_loss"])) <= 1e-7

@@ -57,10 +57,10 @@ def subset(data: dict, rows: list[int]) -> RolloutBatch:
     return RolloutBatch(**{k: v[idx] for k, v in data.items()}, max_new_tokens=MAX_NEW)
 
 
-def mini_batch_grad(module: AEPOModule, rb: RolloutBatch, mini: torch.Tensor, planned: int, normalizer: float) -> torch.Tensor:
+def mini_batch_grad(module: AEPOModule, rb: RolloutBatch, mini: torch.Tensor, normalizer: float) -> torch.Tensor:
     """The flat gradient of one mini-batch through the module's own micro-batch loss path."""
     module.policy.zero_grad(set_to_none=True)
-    for loss, *_ in module.mini_batch_losses(rb, mini, planned, normalizer, module._horizon(rb)):
+    for loss, *_ in module.mini_batch_losses(rb, mini, normalizer, module._horizon(rb)):
         loss.backward()
     return torch.cat([p.grad.flatten() for p in module.policy.parameters()])
 
@@ -68,9 +68,7 @@ def mini_batch_grad(module: AEPOModule, rb: RolloutBatch, mini: torch.Tensor, pl
 def plan(module: AEPOModule, rb: RolloutBatch):
     """training_step's plan: mini-batches set by the largest rank, and their normalizers."""
     n_max = world_max(rb.size)
-    starts = range(0, n_max, MINI)
-    minis = [torch.arange(rb.size)[s : s + MINI] for s in starts]
-    return [min(MINI, n_max - s) for s in starts], minis
+    return [torch.arange(rb.size)[s : s + MINI] for s in range(0, n_max, MINI)]
 
 
 def _worker(rank: int, init_file: str, out: str, path: str, data: dict) -> None:
@@ -82,13 +80,13 @@ def _worker(rank: int, init_file: str, out: str, path: str, data: dict) -> None:
         results = {}
         for mode in MODES:
             module.hparams.loss_agg = mode
-            planned, minis = plan(module, rb)
+            minis = plan(module, rb)
             normalizers = module._normalizers(rb, minis)
             # The old rule, for the control: this rank's own count.
             local = rb.loss_counts(minis, mode == "token-mean").clamp_min(1)[0].tolist()
             for rule, norms in (("global", normalizers), ("local", local)):
-                for j, (p, mini, norm) in enumerate(zip(planned, minis, norms)):
-                    grad = mini_batch_grad(module, rb, mini, p, norm)
+                for j, (mini, norm) in enumerate(zip(minis, norms)):
+                    grad = mini_batch_grad(module, rb, mini, norm)
                     dist.all_reduce(grad)  # DDP: the average over ranks
                     results[mode, rule, j] = grad / 2
         if rank == 0:
@@ -116,7 +114,7 @@ def test_ddp_gradient_equals_single_process_on_the_union(setup, tmp_path):
                 rb = subset(data, rows)
                 mini = torch.arange(rb.size)
                 (norm,) = module._normalizers(rb, [mini])
-                single = mini_batch_grad(module, rb, mini, rb.size, norm)
+                single = mini_batch_grad(module, rb, mini, norm)
                 torch.testing.assert_close(ddp[mode, "global", j], single, atol=1e-5, rtol=1e-5, msg=f"{mode} mini-batch {j}")
                 if j == 0:  # rank 1 holds 1 of the 4 rows: the per-rank denominator gets it wrong
                     assert not torch.allclose(ddp[mode, "local", j], single, atol=1e-4, rtol=1e-3), mode

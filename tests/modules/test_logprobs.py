@@ -43,7 +43,8 @@ def test_values_match_full_forward(tiny_model, budget):
     torch.testing.assert_close(ent[valid], ref_ent[valid], atol=1e-5, rtol=1e-5)
 
 
-def test_gradients_match_full_forward(tiny_model):
+@pytest.mark.parametrize("budget", [1, 1 << 40], ids=["checkpointed-chunks", "one-chunk-no-checkpoint"])
+def test_gradients_match_full_forward(tiny_model, budget):
     ids, mask = _batch(tiny_model.config.vocab_size)
     valid = mask[:, -6:].float()
     tiny_model.zero_grad()
@@ -51,7 +52,7 @@ def test_gradients_match_full_forward(tiny_model):
     (ref_lp * valid).sum().backward()
     ref_grads = {n: p.grad.clone() for n, p in tiny_model.named_parameters()}
     tiny_model.zero_grad()
-    lp, _ = response_logprobs(tiny_model, ids, mask, 6, budget_bytes=1)
+    lp, _ = response_logprobs(tiny_model, ids, mask, 6, budget_bytes=budget)
     (lp * valid).sum().backward()
     for n, p in tiny_model.named_parameters():
         torch.testing.assert_close(p.grad, ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
