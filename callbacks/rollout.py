@@ -202,7 +202,7 @@ class RolloutCallback(pl.Callback):
             self._trigger_ids = trigger_token_ids(pl_module.tokenizer, words)
 
     def _grader(self, probe: bool):
-        from ares_lit.grading import probed_grader
+        from ares_lit.experience.groups import probed_grader
 
         return probed_grader(self.grade_timeout, self.answer_fallback, probe)
 

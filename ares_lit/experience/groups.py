@@ -217,3 +217,22 @@ def collect_groups(
         dropped += len(more) - len(good)
         kept.extend(good)
     return CollectedGroups(kept[:target], dropped, refills)
+
+
+def probed_grader(timeout: float, answer_fallback: str, probe: bool):
+    """A math-verify grader; with `probe`, it must first accept one known pair, so that a broken
+    install fails at start, not after many steps in which every answer counted as wrong."""
+    from ares_lit.grading import Grader
+
+    grader = Grader(timeout=timeout, answer_fallback=answer_fallback)
+    if probe and not grader.grade("\\boxed{1/2}", "0.5"):
+        stats = dict(grader.stats)
+        grader.close()
+        raise RuntimeError(
+            "the math-verify grader failed its start-up check (\\boxed{1/2} graded against 0.5 was not "
+            f"accepted; counters {stats}). Check that math-verify is installed in this Python "
+            "(pip install 'math-verify>=0.8') and that a grading subprocess can start, or pass a "
+            "rollout reward_fn (path.py:function) to grade without it."
+        )
+    grader.stats = dict.fromkeys(grader.stats, 0)  # the logged grading/* counters count training answers only
+    return grader
