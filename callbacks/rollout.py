@@ -20,7 +20,7 @@ import torch
 from ares_lit.core import HWEThreshold, get_advantage_estimator
 from ares_lit.experience import ExperienceConfig, StepSeeds, grade_responses, make_experience
 from ares_lit.experience.groups import timer
-from ares_lit.experience.scoring import reuse_engine_scores
+from ares_lit.experience.scoring import check_policy_scoring, reuse_engine_scores
 from ares_lit.modules.zero import gathered_parameters, zero3_enabled
 from ares_lit.progress import report_phase
 
@@ -126,7 +126,7 @@ class RolloutCallback(pl.Callback):
         if not 0 <= max_refill_tries <= 63:
             raise ValueError(f"max_refill_tries must be in [0, 63] (a field of the sampling seed); got {max_refill_tries}")
         get_advantage_estimator(advantage)  # fails early on an unknown name
-        reuse_engine_scores(policy_scoring, None, None, "", None)  # and on an unknown policy_scoring
+        check_policy_scoring(policy_scoring)
         self.policy_scoring = policy_scoring
         self.engine_name = engine
         self.engine_kwargs = dict(engine_kwargs or {})

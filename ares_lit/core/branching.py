@@ -83,19 +83,14 @@ def choose_branch_points(
     # so the greedy scan below never looks past a row's first K candidates by entropy: keep only
     # those (the loop then runs over O(N·K) candidates, not all of them).
     k = max_points_per_response * (2 * min_gap - 1) + 1
-    by_row = torch.arange(rows.numel(), device=rows.device)
-    for key, descending in ((cols, False), (scores, True), (rows, False)):
-        by_row = by_row[torch.sort(key[by_row], stable=True, descending=descending).indices]
+    by_row = _lexsort((rows, False), (scores, True), (cols, False))
     _, counts = torch.unique_consecutive(rows[by_row], return_counts=True)
     starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
     keep = by_row[torch.arange(by_row.numel(), device=rows.device) - starts < k]
     rows, cols, scores = rows[keep], cols[keep], scores[keep]
     groups = group_ids.to(rows.device)[rows]
-    # One sort for all groups: by group, then entropy descending, then (row, t). torch.sort is
-    # stable, so sort by the least significant key first.
-    order = torch.arange(rows.numel(), device=rows.device)
-    for key, descending in ((cols, False), (rows, False), (scores, True), (groups, False)):
-        order = order[torch.sort(key[order], stable=True, descending=descending).indices]
+    # One sort for all groups: by group, then entropy descending, then (row, t).
+    order = _lexsort((groups, False), (scores, True), (rows, False), (cols, False))
     chosen: list[tuple[int, int]] = []
     taken: dict[int, list[int]] = {}
     per_group: dict[int, int] = {}
@@ -110,3 +105,12 @@ def choose_branch_points(
         per_group[g] = per_group.get(g, 0) + 1
         chosen.append((r, t))
     return chosen
+
+
+def _lexsort(*keys: tuple[torch.Tensor, bool]) -> torch.Tensor:
+    """The permutation sorting by (key, descending) pairs, most significant first: stable sorts
+    from the least significant key up."""
+    order = torch.arange(keys[0][0].numel(), device=keys[0][0].device)
+    for key, descending in reversed(keys):
+        order = order[torch.sort(key[order], stable=True, descending=descending).indices]
+    return order

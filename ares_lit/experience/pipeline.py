@@ -30,7 +30,7 @@ from ares_lit.core import BUCKET_NAMES, HWEThreshold, window_entropy
 from ares_lit.distributed import world_max
 from ares_lit.experience.config import ExperienceConfig
 from ares_lit.experience.groups import Grade, PromptGroup, _no_report, collect_groups
-from ares_lit.experience.scoring import RolloutTensors, Scorer, engine_scores, pack_groups, score_rollouts
+from ares_lit.experience.scoring import RolloutTensors, Scorer, pack_groups, score_rollouts
 from ares_lit.experience.seeds import StepSeeds
 from ares_lit.experience.shaping import bucket_controllers, group_advantages, hwe_threshold_step, hwe_tokens, shaped_reward
 from ares_lit.rollout.base import RolloutEngine
@@ -120,9 +120,16 @@ def build_rollout_batch(
     timings = {} if timings is None else timings
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = pack_groups(groups, pad, pixels)
-    # cfg.engine_scores: the engine's log-probs and entropy are the trainer's own (RolloutCallback
-    # policy_scoring="auto" decides once): the policy pass is skipped when every row has them.
-    reused = engine_scores(groups, rows) if cfg.engine_scores else None
+    # The engine's per-token values, padded once: the gap panel, the loss's rollout correction and,
+    # with cfg.engine_scores (RolloutCallback policy_scoring="auto" decides once), the old
+    # log-probs and entropy in place of the policy pass, when every row has both.
+    comps = [c for g in groups for c in g.completions]
+    like = torch.zeros(len(comps), rows.response_len)
+    engine_lp = pad_engine_log_probs([c.logprobs for c in comps], like)
+    reused = None
+    if cfg.engine_scores and engine_lp is not None:
+        engine_ent = pad_engine_log_probs([c.entropy for c in comps], like)
+        reused = None if engine_ent is None else (engine_lp, engine_ent)
     old_lp, entropy, ref_lp = score_rollouts(
         rows, None if reused is not None else score_policy, score_reference, cfg.temperature, on_phase, timings, reused
     )
@@ -156,8 +163,7 @@ def build_rollout_batch(
         "token_entropy": entropy[response_mask],
         "group_ids": rows.group_ids.to(dev),
     }
-    # Padded once: the log-prob gap panel and the rollout correction in the loss both read it.
-    engine_lp = pad_engine_log_probs([c.logprobs for g in groups for c in g.completions], old_lp)
+    engine_lp = None if engine_lp is None else engine_lp.to(dev)
     # With the policy pass skipped the engine's values ARE the old log-probs: no gap to report.
     gap_lp = None if reused is not None else engine_lp
     metrics = _metrics(rows, old_lp, gap_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha)

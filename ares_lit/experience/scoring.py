@@ -21,7 +21,8 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ares_lit.experience.groups import PromptGroup, _no_report, timer
 
-__all__ = ["RolloutTensors", "Scorer", "engine_scores", "pack_groups", "multimodal_rows", "score_rollouts"]
+__all__ = [
+    "RolloutTensors", "Scorer", "check_policy_scoring", "pack_groups", "multimodal_rows", "reuse_engine_scores", "score_rollouts"]
 
 Scorer = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -93,21 +94,6 @@ def pack_groups(groups: list[PromptGroup], pad_id: int, pixels: Callable | None 
     return RolloutTensors(input_ids, attention, response_mask, group_ids, p_len, multimodal_rows(groups, pixels))
 
 
-def engine_scores(groups: list[PromptGroup], rows: RolloutTensors) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The engine's own log-probs and entropy as [N, R] tensors (0 past each response); None when
-    any completion lacks either."""
-    comps = [c for g in groups for c in g.completions]
-    if any(c.logprobs is None or c.entropy is None for c in comps):
-        return None
-    r_len = rows.response_len
-    out = torch.zeros(2, len(comps), r_len)
-    for i, c in enumerate(comps):
-        k = min(len(c.token_ids), r_len)
-        out[0, i, :k] = torch.tensor(c.logprobs[:k], dtype=torch.float32)
-        out[1, i, :k] = torch.tensor(c.entropy[:k], dtype=torch.float32)
-    return out[0], out[1]
-
-
 def score_rollouts(
     rows: RolloutTensors,
     score_policy: Scorer | None,
@@ -122,7 +108,7 @@ def score_rollouts(
     ARES_SPEC "Token entropy" (exact, fp32, at the sampling temperature) and "Dynamic KL" (the
     frozen reference). Always calls the scorers, also with N = 0 rows: they are collectives.
     With `score_policy=None` the policy pass is skipped and `engine_values` (the engine's own
-    log-probs and entropy, `engine_scores`; only when they are the trainer's values) stand in.
+    log-probs and entropy, padded like the rows; only when they are the trainer's values) stand in.
 
     Returns:
         (old_log_probs [N, R], entropy [N, R], ref_log_probs [N, R] or None).
@@ -157,6 +143,11 @@ def score_rollouts(
 POLICY_SCORING = ("auto", "always")
 
 
+def check_policy_scoring(policy_scoring: str) -> None:
+    if policy_scoring not in POLICY_SCORING:
+        raise ValueError(f"policy_scoring must be one of {POLICY_SCORING}; got {policy_scoring!r}")
+
+
 def reuse_engine_scores(policy_scoring: str, engine, cfg, precision: str, rollout_correction: str | None) -> tuple[bool, str]:
     """Whether the trainer's policy scoring pass can be skipped (and why, for the log).
 
@@ -168,8 +159,7 @@ def reuse_engine_scores(policy_scoring: str, engine, cfg, precision: str, rollou
     from before the step's update, so its values are π_old also over several mini-batches and
     PPO epochs. "always" runs the pass.
     """
-    if policy_scoring not in POLICY_SCORING:
-        raise ValueError(f"policy_scoring must be one of {POLICY_SCORING}; got {policy_scoring!r}")
+    check_policy_scoring(policy_scoring)
     why = None
     if policy_scoring == "always":
         why = "policy_scoring=always"
