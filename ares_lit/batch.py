@@ -99,6 +99,14 @@ class RolloutBatch:
     # The rollout's max_new_tokens: the constant horizon of loss_agg=seq-mean-token-sum-norm
     # (None: the module falls back to its own model.loss_horizon, else the padded width R).
     max_new_tokens: int | None = None
+    # Branching with prefix_loss="dedupe": [N, R] bool, the response tokens the policy and KL losses
+    # train (a child's inherited prefix is 0: its parent trains those tokens). None: response_mask.
+    loss_mask: torch.Tensor | None = None
+
+    @property
+    def trained_mask(self) -> torch.Tensor:
+        """The response tokens the losses train: `loss_mask`, else `response_mask`."""
+        return self.response_mask if self.loss_mask is None else self.loss_mask
 
     @property
     def size(self) -> int:
@@ -139,7 +147,7 @@ class RolloutBatch:
         """[1, M] fp64: each mini-batch's response tokens (token_mean) or sequences with a token."""
         counts = torch.zeros(1, len(minis), dtype=torch.float64, device=self.response_mask.device)
         for j, mini in enumerate(minis):  # a few mini-batches per step, not a loop over tokens
-            m = self.response_mask[mini]
+            m = self.trained_mask[mini]
             counts[0, j] = m.sum() if token_mean else (m.sum(-1) > 0).sum()
         return counts
 
@@ -151,7 +159,8 @@ class RolloutBatch:
     def select(self, index: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """The tensors the loss needs, for the rows in `index` (images concatenated in row order),
         cut to these rows' own longest prompt and response (`trim_columns`): no column that is
-        padding in every row is computed. "response_len" is the kept response width R'."""
+        padding in every row is computed. "response_len" is the kept response width R'.
+        "response_mask" is the `trained_mask` (branching's dedupe leaves inherited prefixes out)."""
         from ares_lit.vision import merge_multimodal
 
         cols, r_keep = trim_columns(self.attention_mask[index], self.response_len)
@@ -165,7 +174,7 @@ class RolloutBatch:
             "input_ids": self.input_ids[index, cols],
             "attention_mask": self.attention_mask[index, cols],
             "response_len": r_keep,
-            "response_mask": self.response_mask[index, :r_keep],
+            "response_mask": self.trained_mask[index, :r_keep],
             "old_log_probs": self.old_log_probs[index, :r_keep],
             "ref_log_probs": ref,
             "engine_log_probs": engine,

@@ -19,8 +19,10 @@ import torch
 
 from ares_lit.core import HWEThreshold, get_advantage_estimator
 from ares_lit.experience import ExperienceConfig, StepSeeds, grade_responses, make_experience
+from ares_lit.experience.config import BranchingConfig
 from ares_lit.experience.groups import timer
 from ares_lit.experience.scoring import check_policy_scoring, reuse_engine_scores
+from ares_lit.modules.scoring import in_precision
 from ares_lit.modules.zero import gathered_parameters, zero3_enabled
 from ares_lit.progress import report_phase
 
@@ -68,6 +70,9 @@ class RolloutCallback(pl.Callback):
         policy_scoring: "auto" skips the trainer's policy scoring pass where the engine's log-probs
             and entropy are the trainer's own (the hf engine on the live policy, no top-k/top-p, no
             autocast, no rollout correction; experience/scoring.py reuse_engine_scores); "always".
+        branching: entropy-aware branching rollouts (README "Branching rollouts"; fields and defaults in
+            ares_lit/experience/config.py BranchingConfig: initial_n, budget, children_per_point, min_prefix,
+            min_suffix, min_gap, max_points_per_response, trigger_only, prefix_loss, advantage); null = off.
         sleep_level: vLLM sleep level between rollouts (CUDA only): 2 drops the weights and the KV
             cache (they are pushed every step anyway), 1 offloads the weights to host memory, 0 never
             sleeps. The engine wakes before the weight push and sleeps after the last generation of
@@ -109,6 +114,7 @@ class RolloutCallback(pl.Callback):
         seed: int = 0,
         sleep_level: int = 2,
         policy_scoring: str = "auto",
+        branching: BranchingConfig | None = None,
     ) -> None:
         super().__init__()
         if n < 2:
@@ -123,9 +129,11 @@ class RolloutCallback(pl.Callback):
             raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= window ({window})")
         if sleep_level not in (0, 1, 2):
             raise ValueError(f"sleep_level must be 0 (never sleep), 1 or 2 (vLLM sleep levels); got {sleep_level}")
-        if not 0 <= max_refill_tries <= 63:
-            raise ValueError(f"max_refill_tries must be in [0, 63] (a field of the sampling seed); got {max_refill_tries}")
+        if not 0 <= max_refill_tries <= 31:
+            raise ValueError(f"max_refill_tries must be in [0, 31] (a field of the sampling seed); got {max_refill_tries}")
         get_advantage_estimator(advantage)  # fails early on an unknown name
+        if branching is not None:
+            branching.check(n)
         check_policy_scoring(policy_scoring)
         self.policy_scoring = policy_scoring
         self.engine_name = engine
@@ -163,6 +171,7 @@ class RolloutCallback(pl.Callback):
                 "wrong_scale": tuple(wrong_scale),
             },
             num_text_samples=num_text_samples,
+            branching=branching,
         )
         self.max_empty_steps = max_empty_steps
         self.sleep_level = sleep_level
@@ -195,11 +204,10 @@ class RolloutCallback(pl.Callback):
         self.grader = self._grader(probe=self.reward_fn is None)  # a user reward_fn replaces math-verify
         self._start_engine(trainer, pl_module)
         self._log_data_summary(trainer, trainer.datamodule)
-        if self.trigger_filter:
+        if self.trigger_filter or (self.config.branching and self.config.branching.trigger_only):
             from ares_lit.triggers import DEFAULT_TRIGGER_WORDS, trigger_token_ids
 
-            words = self.trigger_words or DEFAULT_TRIGGER_WORDS
-            self._trigger_ids = trigger_token_ids(pl_module.tokenizer, words)
+            self._trigger_ids = trigger_token_ids(pl_module.tokenizer, self.trigger_words or DEFAULT_TRIGGER_WORDS)
 
     def _grader(self, probe: bool):
         from ares_lit.experience.groups import probed_grader
@@ -377,14 +385,15 @@ class RolloutCallback(pl.Callback):
             ),
             tracker=dm.tracker,
             refill=dm.refill_prompts,
-            score_policy=_in_precision(trainer, partial(pl_module.score, pl_module.policy)),
-            score_reference=None if reference is None else _in_precision(trainer, partial(pl_module.score, reference)),
+            score_policy=in_precision(trainer, partial(pl_module.score, pl_module.policy)),
+            score_reference=None if reference is None else in_precision(trainer, partial(pl_module.score, reference)),
             hwe=self.hwe,
             tokenizer=pl_module.tokenizer,
             # Unique per rank, step, refill round, prompt and sample (ares_lit/experience/seeds.py).
             seed=StepSeeds(self.seed, trainer.global_rank, trainer.global_step),
             pixels=None if self.processor is None else self.processor.pixels,
-            trigger_ids=self._trigger_ids,
+            trigger_ids=self._trigger_ids if self.trigger_filter else None,
+            branch_trigger_ids=self._trigger_ids,
             on_phase=partial(report_phase, trainer),
             timings=timings,
             after_sampling=self._sleep,  # the engine sleeps through scoring and the update
@@ -415,24 +424,6 @@ class RolloutCallback(pl.Callback):
                 "answer_fallback: last_number, or a reward_fn."
             )
         pl_module.log("rollout/empty_steps", float(self.totals["empty_steps"]), on_step=True)
-
-
-def _in_precision(trainer: pl.Trainer, score):
-    """`score` run in the precision context that Lightning wraps `training_step` in
-    (`precision_plugin.train_step_context()`: autocast for "bf16-mixed"/"16-mixed", the default
-    dtype for "bf16-true"/"64-true", nothing for fp32).
-
-    `on_train_batch_start` runs outside that context. Old and reference log-probs scored there in
-    fp32 while the update recomputes log π_θ under autocast would make the PPO ratio differ from 1
-    and k3 from 0 at the first update, although policy == old == reference: clipping and the κ
-    controller would react to numeric noise. Generation stays outside (the engine's own dtype).
-    """
-
-    def scored(*args, **kwargs):
-        with trainer.strategy.precision_plugin.train_step_context():
-            return score(*args, **kwargs)
-
-    return scored
 
 
 def _data_setting(dm, name: str):

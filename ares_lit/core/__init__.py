@@ -14,7 +14,7 @@ from ares_lit.core.advantages import (
     register_advantage,
     rloo_advantages,
 )
-from ares_lit.core.branching import DEFAULT_BRANCH_BUDGET, branch_candidates, choose_branch_points
+from ares_lit.core.branching import DEFAULT_BRANCH_BUDGET, branch_candidates, choose_branch_points, tree_advantages
 from ares_lit.core.buckets import BUCKET_NAMES, EASY, HARD, MEDIUM, NUM_BUCKETS, assign_buckets
 from ares_lit.core.entropy import entropy_from_log_probs, token_entropy, window_entropy
 from ares_lit.core.groups import group_mean, group_stats, informative_groups
@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_BRANCH_BUDGET",
     "branch_candidates",
     "choose_branch_points",
+    "tree_advantages",
     "ADVANTAGE_ESTIMATORS",
     "AGG_MODES",
     "BUCKET_NAMES",

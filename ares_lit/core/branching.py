@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DEFAULT_BRANCH_BUDGET", "branch_candidates", "choose_branch_points"]
+__all__ = ["DEFAULT_BRANCH_BUDGET", "branch_candidates", "choose_branch_points", "tree_advantages"]
 
 DEFAULT_BRANCH_BUDGET = (0, 1, 2)
 """B_d per bucket (easy, medium, hard): branch points per prompt."""
@@ -114,3 +114,27 @@ def _lexsort(*keys: tuple[torch.Tensor, bool]) -> torch.Tensor:
     for key, descending in reversed(keys):
         order = order[torch.sort(key[order], stable=True, descending=descending).indices]
     return order
+
+
+def tree_advantages(
+    advantages: torch.Tensor, member_rows: torch.Tensor, member_sets: torch.Tensor, child_set: torch.Tensor
+) -> torch.Tensor:
+    """TreePO-style advantages of branched groups: A_i - mean_{j in S} A_j for each child i, where S
+    is its branch point's set (the parent and every child branched at the same t); roots keep A_i.
+
+    Args:
+        advantages: [N] flat (group) advantages.
+        member_rows, member_sets: [M] long, row j belongs to set s (a parent may be in several).
+        child_set: [N] long, the set a child was branched in; -1 for a root.
+    """
+    if member_rows.numel() == 0:
+        return advantages.clone()
+    dev = advantages.device
+    sets = int(member_sets.max()) + 1
+    sums = torch.zeros(sets, dtype=advantages.dtype, device=dev).index_add_(0, member_sets.to(dev), advantages[member_rows.to(dev)])
+    counts = torch.zeros(sets, dtype=advantages.dtype, device=dev).index_add_(
+        0, member_sets.to(dev), torch.ones(member_rows.numel(), dtype=advantages.dtype, device=dev)
+    )
+    means = sums / counts.clamp_min(1)
+    is_child = child_set.to(dev) >= 0
+    return torch.where(is_child, advantages - means[child_set.to(dev).clamp_min(0)], advantages)

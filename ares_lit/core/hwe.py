@@ -110,14 +110,21 @@ class HWEThreshold:
         """τ_batch from q_i given directly, e.g. gathered from every rank: `reduce_quantiles`."""
         return reduce_quantiles(q, self.reduce)
 
+    def peek(self, tau_batch: float | torch.Tensor) -> float | None:
+        """The τ that `update(tau_batch)` would return, without folding the value in (branching
+        rollouts choose their points with it; the step's own τ is updated once, later)."""
+        t = float(tau_batch)
+        if not math.isfinite(t):
+            return self.value
+        if self.value is None or self.momentum is None:
+            return t
+        return (1.0 - self.momentum) * self.value + self.momentum * t
+
     def update(self, tau_batch: float | torch.Tensor) -> float | None:
         """Fold one batch value in and return the current τ (None until a finite value arrives)."""
         t = float(tau_batch)
         if math.isfinite(t):
-            if self.value is None or self.momentum is None:
-                self.value = t
-            else:
-                self.value = (1.0 - self.momentum) * self.value + self.momentum * t
+            self.value = self.peek(t)
             self.num_updates += 1
         return self.value
 

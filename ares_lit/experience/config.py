@@ -6,7 +6,67 @@ from dataclasses import dataclass, field
 
 from ares_lit.rollout.base import SamplingConfig
 
-__all__ = ["ExperienceConfig"]
+__all__ = ["BranchingConfig", "ExperienceConfig", "PREFIX_LOSSES", "BRANCH_ADVANTAGES"]
+
+PREFIX_LOSSES = ("dedupe", "full")
+BRANCH_ADVANTAGES = ("flat", "tree")
+
+
+@dataclass
+class BranchingConfig:
+    """Entropy-aware branching rollouts (ARES_SPEC "Entropy-aware branching rollouts", paper
+    §3.2.1; README "Branching rollouts"). Off unless `RolloutCallback(branching=...)` is set.
+
+    Phase 1 samples `initial_n` responses per prompt; the trainer's policy pass scores them (old
+    log-probs and exact entropy, kept for the update). Window entropy and τ are the HWE ones. Each
+    prompt gets B_d = `budget[bucket]` branch points (bucket from its phase-1 accuracy), highest
+    window entropy first, and `children_per_point` continuations of `prompt + response[:t]` per
+    point; fresh roots fill the group up to the rollout's n leaves.
+    """
+
+    initial_n: int = 4
+    """Phase-1 responses per prompt (1 <= initial_n <= n)."""
+    budget: tuple[int, int, int] = (0, 1, 2)
+    """B_d: branch points per prompt for easy, medium and hard prompts (phase-1 accuracy bucket)."""
+    children_per_point: int = 2
+    """Continuations sampled from each branch point (initial_n + max(budget)·children_per_point <= n)."""
+    min_prefix: int = 4
+    """A branch point t keeps at least this many parent tokens (t >= min_prefix)."""
+    min_suffix: int = 4
+    """The parent has at least this many tokens from t on (t <= len - min_suffix)."""
+    min_gap: int = 8
+    """Least distance between two branch points of one response."""
+    max_points_per_response: int = 1
+    """Branch points one response may carry (spreads a prompt's points over its responses)."""
+    trigger_only: bool = False
+    """Also require that the sampled token at t is a trigger word (RolloutCallback trigger_words)."""
+    prefix_loss: str = "dedupe"
+    """"dedupe": a child's inherited prefix is masked out of the policy and KL losses (shared tokens
+    are trained once, in the parent); "full": every copy is trained."""
+    advantage: str = "flat"
+    """"flat": children share the group's GRPO advantage like any response; "tree": a child's
+    advantage also subtracts the mean advantage of the leaves sharing its branch point (TreePO-style)."""
+
+    def check(self, n: int) -> None:
+        """Raise ValueError on settings that cannot work with n leaves per group."""
+        if not 1 <= self.initial_n <= n:
+            raise ValueError(f"branching initial_n must be in [1, n={n}]; got {self.initial_n}")
+        budget = tuple(self.budget)
+        if len(budget) != 3 or min(budget) < 0:
+            raise ValueError(f"branching budget must be 3 non-negative ints (easy, medium, hard); got {self.budget}")
+        if self.children_per_point < 1:
+            raise ValueError(f"branching children_per_point must be >= 1; got {self.children_per_point}")
+        if self.initial_n + max(budget) * self.children_per_point > n:
+            raise ValueError(
+                f"branching: initial_n {self.initial_n} + max(budget) {max(budget)} x children_per_point "
+                f"{self.children_per_point} leaves exceed n={n}; every group has exactly n leaves: raise n or lower them"
+            )
+        if min(self.min_prefix, self.min_suffix, self.min_gap, self.max_points_per_response) < 1:
+            raise ValueError("branching min_prefix, min_suffix, min_gap and max_points_per_response must be >= 1")
+        if self.prefix_loss not in PREFIX_LOSSES:
+            raise ValueError(f"branching prefix_loss must be one of {PREFIX_LOSSES}; got {self.prefix_loss!r}")
+        if self.advantage not in BRANCH_ADVANTAGES:
+            raise ValueError(f"branching advantage must be one of {BRANCH_ADVANTAGES}; got {self.advantage!r}")
 
 
 @dataclass
@@ -48,11 +108,18 @@ class ExperienceConfig:
     """Use the engine's own log-probs and entropy as the old log-probs and H_t, skipping the
     trainer's policy scoring pass (only where they are the trainer's values; RolloutCallback
     policy_scoring="auto" sets it)."""
+    branching: BranchingConfig | None = None
+    """Entropy-aware branching rollouts; None samples n flat responses per prompt."""
 
-    def sampling(self, seed: int) -> SamplingConfig:
-        """The engine's sampling settings for one round, with its seed."""
+    @property
+    def first_n(self) -> int:
+        """Responses per prompt of a round's first `generate` call (initial_n with branching)."""
+        return self.n if self.branching is None else self.branching.initial_n
+
+    def sampling(self, seed: int, n: int | None = None) -> SamplingConfig:
+        """The engine's sampling settings for one round, with its seed (`n` responses per prompt)."""
         return SamplingConfig(
-            n=self.n,
+            n=self.n if n is None else n,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,

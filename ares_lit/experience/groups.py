@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ares_lit.core import informative_groups
+from ares_lit.distributed import world_max
 from ares_lit.experience.config import ExperienceConfig
 from ares_lit.experience.seeds import StepSeeds
 from ares_lit.rollout.base import Completion, RolloutEngine
@@ -72,6 +73,13 @@ class PromptGroup:
     """[G] fp32 R_format per response (set by `grade_groups`)."""
     bucket: int | None = None
     """0 easy / 1 medium / 2 hard, from this group's accuracy (set by `assign_group_buckets`)."""
+    inherited: list[int] | None = None
+    """Branching: tokens each response took over from its parent (0 for a root); None: all roots."""
+    parents: list[int] | None = None
+    """Branching: index of each response's parent in this group (-1 for a root)."""
+    scores: list | None = None
+    """Branching: per response, the trainer's (old log-probs, entropy) [len] from phase 1, or None
+    (children and fresh roots are scored with the batch)."""
 
 
 @dataclass
@@ -87,12 +95,12 @@ class CollectedGroups:
 
 
 def sample_groups(engine: RolloutEngine, prompts: list[dict], cfg: ExperienceConfig, seed: int) -> list[PromptGroup]:
-    """G = cfg.n responses per prompt from the engine, with this round's seed."""
+    """G = cfg.n responses per prompt (branching: its initial_n) from the engine, with this round's seed."""
     if not prompts:
         return []
     images = [p.get("images") or None for p in prompts]
     images = images if any(images) else None
-    outputs = engine.generate([p["prompt_ids"] for p in prompts], cfg.sampling(seed), images=images)
+    outputs = engine.generate([p["prompt_ids"] for p in prompts], cfg.sampling(seed, cfg.first_n), images=images)
     return [PromptGroup(prompt=p, completions=c) for p, c in zip(prompts, outputs)]
 
 
@@ -181,6 +189,7 @@ def collect_groups(
     seed: StepSeeds | int,
     on_phase: PhaseReport = _no_report,
     timings: dict | None = None,
+    branch: Callable[[list[PromptGroup], int], list[PromptGroup]] | None = None,
 ) -> CollectedGroups:
     """Sample → grade → buckets → filter, then refill dropped groups with fresh prompts.
 
@@ -190,6 +199,11 @@ def collect_groups(
     of dropped groups are recorded by the tracker too (they are real observations of the prompt).
     Round r samples with `seed.for_round(r, ...)` (`seeds.py`: no sample seed repeats across
     steps, ranks, rounds, prompts and samples); an int `seed` is `StepSeeds(seed)` (rank 0, step 0).
+
+    `branch(groups, round)` (branching rollouts, `experience/branching.py`) completes each
+    bucketed group to n responses before the filter. It scores and gathers (collectives), so with
+    it every rank runs the same rounds: another round runs while ANY rank still lacks groups, and
+    a rank that has enough runs it on zero prompts.
     """
     timings = {} if timings is None else timings
     seeds = seed if isinstance(seed, StepSeeds) else StepSeeds(int(seed))
@@ -203,16 +217,20 @@ def collect_groups(
         with timer(timings, "grading"):
             grade_groups(groups, grade)
         assign_group_buckets(tracker, groups)
-        return groups
+        return groups if branch is None else branch(groups, refill_round)
+
+    def short(have: int) -> bool:  # shared by all ranks when branch stages are collectives
+        return (target - have if branch is None else world_max(target - have)) > 0
 
     groups = one_round(prompts, 0, 0)
     if not cfg.filter_groups:
         return CollectedGroups(groups, 0, 0)
     kept = drop_uninformative(groups, cfg.filter_low, cfg.filter_high)
     dropped, refills = len(groups) - len(kept), 0
-    while len(kept) < target and refills < cfg.max_refill_tries:
+    while refills < cfg.max_refill_tries and short(len(kept)):
         refills += 1
-        more = one_round(refill(target - len(kept)), refills, len(kept))
+        need = target - len(kept)
+        more = one_round(refill(need) if need > 0 else [], refills, len(kept))
         good = drop_uninformative(more, cfg.filter_low, cfg.filter_high)
         dropped += len(more) - len(good)
         kept.extend(good)

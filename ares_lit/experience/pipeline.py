@@ -1,6 +1,6 @@
 """One AEPO step's experience, start to finish: prompts in, a `RolloutBatch` out.
 
-    collect_groups      sample → grade → buckets (from accuracy) → group filter → refill
+    collect_groups      sample → grade → buckets (from accuracy) → [branch] → group filter → refill
     [every rank empty?] skip the step (a shared decision: world_max)
     pack_groups         padded tensors, verl's layout
     score_rollouts      old log-probs + exact entropy (policy), reference log-probs
@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from ares_lit.batch import RolloutBatch, pad_engine_log_probs
-from ares_lit.core import BUCKET_NAMES, HWEThreshold, window_entropy
+from ares_lit.core import BUCKET_NAMES, HWEThreshold, count_hwe, tree_advantages, window_entropy
 from ares_lit.distributed import world_max
+from ares_lit.experience.branching import Brancher
 from ares_lit.experience.config import ExperienceConfig
 from ares_lit.experience.groups import Grade, PromptGroup, _no_report, collect_groups
 from ares_lit.experience.scoring import RolloutTensors, Scorer, pack_groups, score_rollouts
@@ -68,16 +69,27 @@ def make_experience(
     on_phase: Callable[..., None] = _no_report,
     timings: dict | None = None,
     after_sampling: Callable[[], None] | None = None,
+    branch_trigger_ids: torch.Tensor | None = None,
 ) -> Experience:
     """Prompts → `RolloutBatch` (module docstring). `tracker` has `assign` and `update_targets`
     (`DifficultyTracker`); `hwe` holds τ across steps; `tokenizer` gives the pad id and decodes
     the text panel; `seed` gives each round's sampling seed (`seeds.StepSeeds`: base seed, rank,
     step; an int is a base seed at rank 0, step 0); `on_phase(phase, done, total)` reports progress; `after_sampling()` runs once after the last
-    refill round, before scoring (the callback puts the engine to sleep there)."""
+    refill round, before scoring (the callback puts the engine to sleep there). With
+    `cfg.branching`, each round is completed by a `Brancher` (`branch_trigger_ids`: its trigger
+    words, for `branching.trigger_only`); the phase-1 scoring runs with the engine awake."""
     timings = {} if timings is None else timings
+    brancher = None
+    if cfg.branching is not None:
+        brancher = Brancher(
+            cfg, engine=engine, grade=grade, score_policy=score_policy, hwe=hwe, tokenizer=tokenizer,
+            seeds=seed if isinstance(seed, StepSeeds) else StepSeeds(int(seed)), pixels=pixels,
+            trigger_ids=branch_trigger_ids, on_phase=on_phase, timings=timings,
+        )  # fmt: skip
     collected = collect_groups(
-        prompts, cfg, engine=engine, grade=grade, tracker=tracker, refill=refill, seed=seed, on_phase=on_phase, timings=timings
-    )
+        prompts, cfg, engine=engine, grade=grade, tracker=tracker, refill=refill, seed=seed, on_phase=on_phase,
+        timings=timings, branch=brancher,
+    )  # fmt: skip
     if after_sampling is not None:
         after_sampling()
     # Skipping is a decision all ranks share; a rank without groups while others have some goes on
@@ -97,6 +109,8 @@ def make_experience(
         on_phase=on_phase,
         timings=timings,
     )
+    if brancher is not None:
+        rollout.metrics.update(brancher.metrics())
     rollout.metrics["rollout/groups_dropped"] = float(collected.dropped)
     rollout.metrics["rollout/refill_rounds"] = float(collected.refills)
     return Experience(rollout, collected.dropped, collected.refills)
@@ -131,15 +145,22 @@ def build_rollout_batch(
         engine_ent = pad_engine_log_probs([c.entropy for c in comps], like)
         reused = None if engine_ent is None else (engine_lp, engine_ent)
     old_lp, entropy, ref_lp = score_rollouts(
-        rows, None if reused is not None else score_policy, score_reference, cfg.temperature, on_phase, timings, reused
-    )
+        rows, None if reused is not None else score_policy, score_reference, cfg.temperature, on_phase, timings, reused,
+        None if reused is not None else _known_scores(groups, rows.response_len),
+    )  # fmt: skip
     dev = old_lp.device
     response_mask = rows.response_mask.to(dev)
+    # Branching: a child's first `inherited` tokens are its parent's; `own` is every row's own tokens.
+    inherited = torch.tensor([i for g in groups for i in (g.inherited or [0] * len(g.completions))], dtype=torch.long)
+    own = response_mask & (torch.arange(rows.response_len, device=dev)[None, :] >= inherited.to(dev)[:, None])
+    dedupe = cfg.branching is not None and cfg.branching.prefix_loss == "dedupe"
     entropy = entropy.to(dev)
     win, valid = window_entropy(entropy, response_mask, cfg.window)
     tau_batch, tau = hwe_threshold_step(hwe, win, valid)
     threshold = math.nan if tau is None else tau
     hwe_m, n_hwe, window_mask = hwe_tokens(win, valid, threshold, cfg.window, response_mask, rows.response_ids, trigger_ids)
+    if dedupe:  # a child's N_HE counts its own tokens: the inherited ones are counted in its parent
+        n_hwe = count_hwe(hwe_m & own)
 
     accuracy = _rows(groups, "accuracy", dev)
     fmt = _rows(groups, "format", dev)
@@ -150,6 +171,8 @@ def build_rollout_batch(
         entropy_reward=cfg.entropy_reward, format_weight=cfg.format_weight, shaping=cfg.shaping,
     )  # fmt: skip
     advantages = group_advantages(reward, rows.group_ids, cfg.advantage)
+    if cfg.branching is not None and cfg.branching.advantage == "tree":
+        advantages = tree_advantages(advantages, *_branch_sets(groups))
 
     lengths = response_mask.sum(-1).float()
     extras = {
@@ -162,12 +185,16 @@ def build_rollout_batch(
         "alpha": alpha[bucket],
         "token_entropy": entropy[response_mask],
         "group_ids": rows.group_ids.to(dev),
+        "inherited": inherited.to(dev),  # branching: tokens a child took over from its parent (0: a root)
     }
     engine_lp = None if engine_lp is None else engine_lp.to(dev)
     # With the policy pass skipped the engine's values ARE the old log-probs: no gap to report.
     gap_lp = None if reused is not None else engine_lp
     metrics = _metrics(rows, old_lp, gap_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha)
     metrics["rollout/policy_pass_skipped"] = float(reused is not None)
+    child_gap = logprob_gap(gap_lp, old_lp, own & (inherited.to(dev) > 0)[:, None])
+    if child_gap is not None:
+        metrics["branch/child_logprob_gap"] = child_gap
     samples = text_samples(tokenizer, groups, hwe_m, rows, reward, r_ent, bucket, cfg.num_text_samples)
     return RolloutBatch(
         input_ids=rows.input_ids,
@@ -185,7 +212,45 @@ def build_rollout_batch(
         multimodal=rows.multimodal,
         engine_log_probs=engine_lp,
         max_new_tokens=cfg.max_new_tokens,
+        loss_mask=own if dedupe else None,
     )
+
+
+def _known_scores(groups: list[PromptGroup], response_len: int):
+    """Branching: the phase-1 rows' trainer scores, padded ([N, R] log-probs, entropy, [N] have),
+    so the batch's policy pass scores only the children and fresh roots; None without any."""
+    cached = [s for g in groups for s in (g.scores or [None] * len(g.completions))]
+    if all(s is None for s in cached):
+        return None
+    lp, ent = torch.zeros(len(cached), response_len), torch.zeros(len(cached), response_len)
+    for i, s in enumerate(cached):
+        if s is not None:
+            lp[i, : len(s[0])], ent[i, : len(s[1])] = s[0], s[1]
+    return lp, ent, torch.tensor([s is not None for s in cached])
+
+
+def _branch_sets(groups: list[PromptGroup]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`core.tree_advantages`' sets: one per branch point (its parent and children)."""
+    members, sets, child_set = [], [], []
+    ids: dict[tuple[int, int, int], int] = {}
+    row = 0
+    for gi, g in enumerate(groups):
+        parents = g.parents or [-1] * len(g.completions)
+        for j, p in enumerate(parents):
+            s = -1
+            if p >= 0:
+                key = (gi, p, g.inherited[j])
+                if key not in ids:
+                    ids[key] = len(ids)
+                    members.append(row - j + p)
+                    sets.append(ids[key])
+                s = ids[key]
+                members.append(row)
+                sets.append(s)
+            child_set.append(s)
+        row += len(parents)
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return as_long(members), as_long(sets), as_long(child_set)
 
 
 def _rows(groups: list[PromptGroup], key: str, device) -> torch.Tensor:
@@ -212,13 +277,19 @@ def _metrics(rows: RolloutTensors, old_lp, engine_lp, response_mask, lengths, ti
 
 
 def text_samples(tokenizer, groups, hwe, rows: RolloutTensors, reward, r_ent, bucket, limit: int) -> list[dict]:
-    """The first response of the first `limit` groups, HWE tokens marked as ⟦token⟧ (text panel)."""
+    """One response of each of the first `limit` groups, HWE tokens marked as ⟦token⟧ (text panel):
+    the first one, or with branching the group's first child, its branch point marked ⟪branch⟫."""
     out = []
-    k = 0
+    start = 0
     for g in groups[:limit]:
-        c = g.completions[0]
+        j = next((i for i, p in enumerate(g.parents or []) if p >= 0), 0)
+        at = g.inherited[j] if g.inherited else 0
+        k = start + j
+        c = g.completions[j]
         marks = hwe[k, : len(c.token_ids)].tolist()
         pieces = [f"⟦{tokenizer.decode([t])}⟧" if m else tokenizer.decode([t]) for t, m in zip(c.token_ids, marks)]
+        if at:
+            pieces.insert(at, "⟪branch⟫")
         out.append(
             {
                 "question": g.prompt.get("question", ""),
@@ -226,11 +297,11 @@ def text_samples(tokenizer, groups, hwe, rows: RolloutTensors, reward, r_ent, bu
                 "bucket": BUCKET_NAMES[int(bucket[k])],
                 "reward": float(reward[k]),
                 "entropy_reward": float(r_ent[k]),
-                "correct": bool(g.accuracy[0] >= 0.5),
+                "correct": bool(g.accuracy[j] >= 0.5),
                 "response": "".join(pieces),
             }
         )
-        k += len(g.completions)
+        start += len(g.completions)
     return out
 
 

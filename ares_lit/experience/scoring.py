@@ -102,6 +102,7 @@ def score_rollouts(
     on_phase: Callable[..., None] = _no_report,
     timings: dict | None = None,
     engine_values: tuple[torch.Tensor, torch.Tensor] | None = None,
+    known: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Old log-probs and exact token entropy H_t (policy, one pass), and reference log-probs.
 
@@ -109,6 +110,8 @@ def score_rollouts(
     frozen reference). Always calls the scorers, also with N = 0 rows: they are collectives.
     With `score_policy=None` the policy pass is skipped and `engine_values` (the engine's own
     log-probs and entropy, padded like the rows; only when they are the trainer's values) stand in.
+    `known = (log_probs, entropy, have)` (branching: phase-1 rows were scored already, `have` [N]
+    bool) limits the policy pass to the other rows (one call, possibly on zero rows).
 
     Returns:
         (old_log_probs [N, R], entropy [N, R], ref_log_probs [N, R] or None).
@@ -123,7 +126,10 @@ def score_rollouts(
         if score_policy is not None:
             on_phase("scoring", 0, passes)
             with timer(timings, "score_policy"):
-                old_lp, entropy = score_policy(rows.input_ids, rows.attention_mask, r_len, temperature, True, rows.multimodal)
+                if known is None:
+                    old_lp, entropy = score_policy(rows.input_ids, rows.attention_mask, r_len, temperature, True, rows.multimodal)
+                else:
+                    old_lp, entropy = _score_missing(rows, score_policy, temperature, known)
             done = 1
         else:
             old_lp, entropy = engine_values
@@ -138,6 +144,18 @@ def score_rollouts(
         old_lp, entropy = empty, empty.clone()
         ref_lp = None if ref_lp is None else empty.clone()
     return old_lp, entropy, ref_lp
+
+
+def _score_missing(rows: RolloutTensors, score_policy: Scorer, temperature: float, known) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy pass over the rows without known scores, merged with the known ones."""
+    lp, ent, have = known
+    need = (~have.bool()).nonzero().squeeze(-1)
+    mm = None if rows.multimodal is None else [rows.multimodal[i] for i in need.tolist()]
+    sub_lp, sub_ent = score_policy(rows.input_ids[need], rows.attention_mask[need], rows.response_len, temperature, True, mm)
+    lp, ent = lp.to(sub_lp.device).clone(), ent.to(sub_lp.device).clone()
+    if need.numel():
+        lp[need.to(lp.device)], ent[need.to(lp.device)] = sub_lp.to(lp.dtype), sub_ent.to(ent.dtype)
+    return lp, ent
 
 
 POLICY_SCORING = ("auto", "always")

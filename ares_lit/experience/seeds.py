@@ -3,7 +3,10 @@
 Sample j of prompt i in refill round r of rollout step s on rank k gets
 
     seed = word << 20 | slot,    slot = i·n + j                       (20 bits)
-    word = key XOR mix(base),    key  = s << 19 | k << 6 | r          (43 bits: 24 + 13 + 6)
+    word = key XOR mix(base),    key  = s << 19 | k << 6 | b << 5 | r (43 bits: 24 + 13 + 1 + 5)
+
+where b is 1 for the second phase of a branching rollout (its children and fresh roots, one
+`generate` call per round: `branch=True`) and 0 otherwise, so runs without branching keep their seeds.
 
 so every seed is in [0, 2^63). For a fixed base seed the map is injective: `key` packs the step,
 rank and round in disjoint bit fields (each range-checked, a field that would overflow raises),
@@ -26,7 +29,7 @@ __all__ = ["StepSeeds", "round_seed", "sample_seed", "MAX_RANK", "MAX_STEP", "MA
 SLOT_BITS, ROUND_BITS, RANK_BITS, STEP_BITS = 20, 6, 13, 24
 KEY_BITS = ROUND_BITS + RANK_BITS + STEP_BITS  # 43; KEY_BITS + SLOT_BITS = 63
 MAX_SLOT = 2**SLOT_BITS - 1
-MAX_ROUND = 2**ROUND_BITS - 1
+MAX_ROUND = 2 ** (ROUND_BITS - 1) - 1  # the round field's top bit is the branching phase
 MAX_RANK = 2**RANK_BITS - 1
 MAX_STEP = 2**STEP_BITS - 1
 _M64 = 2**64 - 1
@@ -45,15 +48,19 @@ def _check(name: str, value: int, limit: int, fix: str) -> None:
         raise ValueError(f"sampling seed: {name} must be in [0, {limit}]; got {value} ({fix})")
 
 
-def round_seed(base_seed: int, rank: int, step: int, refill_round: int, num_prompts: int, n: int) -> int:
+def round_seed(
+    base_seed: int, rank: int, step: int, refill_round: int, num_prompts: int, n: int, branch: bool = False
+) -> int:
     """`SamplingConfig.seed` of one `generate` call: `num_prompts` prompts, n samples each.
 
     `step` is a per-rollout-step counter (the trainer's global step), `refill_round` 0 for the
-    batch and r for the r-th refill round. Raises ValueError when a field leaves its range.
+    batch and r for the r-th refill round; `branch` marks a branching round's second call.
+    Raises ValueError when a field leaves its range.
     """
     _check("rank", rank, MAX_RANK, "at most 8192 ranks")
     _check("step", step, MAX_STEP, "at most 2^24 optimizer steps per run")
-    _check("refill round", refill_round, MAX_ROUND, "lower max_refill_tries to <= 63")
+    _check("refill round", refill_round, MAX_ROUND, f"lower max_refill_tries to <= {MAX_ROUND}")
+    refill_round |= int(branch) << (ROUND_BITS - 1)
     if num_prompts * n > MAX_SLOT + 1:
         raise ValueError(
             f"sampling seed: one generate call may sample at most 2^20 responses (prompts x n); "
@@ -81,5 +88,5 @@ class StepSeeds:
     step: int = 0
     """The rollout step's counter (the trainer's global step: unique per rollout step)."""
 
-    def for_round(self, refill_round: int, num_prompts: int, n: int) -> int:
-        return round_seed(self.base, self.rank, self.step, refill_round, num_prompts, n)
+    def for_round(self, refill_round: int, num_prompts: int, n: int, branch: bool = False) -> int:
+        return round_seed(self.base, self.rank, self.step, refill_round, num_prompts, n, branch)

@@ -261,7 +261,7 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
                         continue
                     # Other metrics are token means of the micro-batch: weighted by its token share they
                     # add up to the mini-batch's token mean, however it was cut into micro-batches.
-                    share = float(micro["response_mask"].sum()) / max(float(rollout.response_mask[mini].sum()), 1.0)
+                    share = float(micro["response_mask"].sum()) / max(float(rollout.trained_mask[mini].sum()), 1.0)
                     for k, v in metrics.items():
                         # Loss terms are already normalised by the mini-batch total: they add up.
                         sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k in _LOSS_KEYS else share)

@@ -13,7 +13,7 @@ from ares_lit.batch import plan_micro_batches, row_lengths, trim_columns
 from ares_lit.distributed import world_max
 from ares_lit.modules.logprobs import response_logprobs
 
-__all__ = ["ScoringMixin"]
+__all__ = ["ScoringMixin", "in_precision"]
 
 
 class ScoringMixin:
@@ -110,3 +110,21 @@ class ScoringMixin:
     def _vision_always(self) -> bool:
         """With several ranks, a VL model runs its vision tower in every forward (ZeRO-3 gathers it)."""
         return self._trainer is not None and self._trainer.world_size > 1
+
+
+def in_precision(trainer, score):
+    """`score` run in the precision context that Lightning wraps `training_step` in
+    (`precision_plugin.train_step_context()`: autocast for "bf16-mixed"/"16-mixed", the default
+    dtype for "bf16-true"/"64-true", nothing for fp32).
+
+    `on_train_batch_start` runs outside that context. Old and reference log-probs scored there in
+    fp32 while the update recomputes log π_θ under autocast would make the PPO ratio differ from 1
+    and k3 from 0 at the first update, although policy == old == reference: clipping and the κ
+    controller would react to numeric noise. Generation stays outside (the engine's own dtype).
+    """
+
+    def scored(*args, **kwargs):
+        with trainer.strategy.precision_plugin.train_step_context():
+            return score(*args, **kwargs)
+
+    return scored

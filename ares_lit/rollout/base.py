@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SamplingConfig", "Completion", "RolloutEngine", "check_prompts", "check_score_inputs"]
+__all__ = ["SamplingConfig", "Completion", "RolloutEngine", "check_prompts", "check_max_tokens", "check_score_inputs", "truncate_completion"]
 
 
 @dataclass
@@ -87,12 +87,18 @@ class RolloutEngine(ABC):
 
     @abstractmethod
     def generate(
-        self, prompts: list[list[int]], sampling: SamplingConfig, images: list[list | None] | None = None
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        images: list[list | None] | None = None,
+        max_tokens: list[int] | None = None,
     ) -> list[list[Completion]]:
         """Sample `sampling.n` completions per prompt; returns one list per prompt, in prompt order.
 
         `images[i]` holds prompt i's PIL images (or None); its ids then carry the expanded
         `<|image_pad|>` runs of `VisionProcessor.expand`. Vision-language models only.
+        `max_tokens[i]` (optional, each in [1, sampling.max_tokens]) caps prompt i's completions
+        below `sampling.max_tokens` (branching rollouts: what is left of a child's response budget).
         """
 
     @abstractmethod
@@ -128,6 +134,32 @@ def check_prompts(prompts: Sequence[Sequence[int]], max_model_len: int, vocab_si
                 f"shorter than max_model_len to leave room for a completion (raise max_model_len or truncate prompts)"
             )
         _check_ids(p, vocab_size, f"prompt {i}")
+
+
+def check_max_tokens(max_tokens: list[int] | None, num_prompts: int, sampling: SamplingConfig) -> None:
+    """Per-prompt caps (`RolloutEngine.generate`): one per prompt, each in [1, sampling.max_tokens]."""
+    if max_tokens is None:
+        return
+    if len(max_tokens) != num_prompts:
+        raise ValueError(f"generate got {num_prompts} prompts but {len(max_tokens)} max_tokens caps")
+    if any(not 1 <= m <= sampling.max_tokens for m in max_tokens):
+        raise ValueError(f"every max_tokens cap must be in [1, sampling.max_tokens={sampling.max_tokens}]; got {max_tokens}")
+
+
+def truncate_completion(c: Completion, cap: int, decode) -> Completion:
+    """`c` cut to its first `cap` tokens ("length" when anything was cut; `decode(ids)` gives the
+    text). Sampling is autoregressive, so the first `cap` tokens of a longer sample are a sample
+    with cap `cap`: an engine that cannot cap rows one by one generates to the longest cap and cuts."""
+    if len(c.token_ids) <= cap:
+        return c
+    ids = c.token_ids[:cap]
+    return Completion(
+        token_ids=ids,
+        text=decode(ids),
+        logprobs=None if c.logprobs is None else c.logprobs[:cap],
+        finish_reason="length",
+        entropy=None if c.entropy is None else c.entropy[:cap],
+    )
 
 
 def check_score_inputs(

@@ -18,11 +18,21 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable
+from dataclasses import replace
+from functools import partial
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from ares_lit.rollout.base import Completion, RolloutEngine, SamplingConfig, check_prompts, check_score_inputs
+from ares_lit.rollout.base import (
+    Completion,
+    RolloutEngine,
+    SamplingConfig,
+    check_max_tokens,
+    check_prompts,
+    check_score_inputs,
+    truncate_completion,
+)
 
 __all__ = ["HFEngine"]
 
@@ -93,11 +103,20 @@ class HFEngine(RolloutEngine):
     # ---------------------------------------------------------------- generation
 
     def generate(
-        self, prompts: list[list[int]], sampling: SamplingConfig, images: list[list | None] | None = None
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        images: list[list | None] | None = None,
+        max_tokens: list[int] | None = None,
     ) -> list[list[Completion]]:
         check_prompts(prompts, self.max_model_len, self.vocab_size)
+        check_max_tokens(max_tokens, len(prompts), sampling)
         if not prompts:
             return []
+        if max_tokens is not None:  # one max_new_tokens per HF batch: generate to the longest cap, then cut
+            out = self.generate(prompts, replace(sampling, max_tokens=max(max_tokens)), images)
+            decode = partial(self.tokenizer.decode, skip_special_tokens=True)
+            return [[truncate_completion(c, cap, decode) for c in cs] for cs, cap in zip(out, max_tokens)]
         stop_ids = sorted(set(self.eos_token_ids) | set(sampling.stop_token_ids or []))
         rows = [p for p in prompts for _ in range(sampling.n)]  # prompt-major: row i*n + j is sample j of prompt i
         row_mm = self._multimodal_rows(prompts, images, sampling.n)

@@ -45,7 +45,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ares_lit.rollout.base import Completion, RolloutEngine, SamplingConfig, check_prompts, check_score_inputs
+from ares_lit.rollout.base import Completion, RolloutEngine, SamplingConfig, check_max_tokens, check_prompts, check_score_inputs
 
 __all__ = ["VLLMEngine"]
 
@@ -155,15 +155,21 @@ class VLLMEngine(RolloutEngine):
     # ---------------------------------------------------------------- generation
 
     def generate(
-        self, prompts: list[list[int]], sampling: SamplingConfig, images: list[list | None] | None = None
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        images: list[list | None] | None = None,
+        max_tokens: list[int] | None = None,
     ) -> list[list[Completion]]:
         check_prompts(prompts, self.max_model_len, self.vocab_size)
+        check_max_tokens(max_tokens, len(prompts), sampling)
         if not prompts:
             return []
         if images is not None and len(images) != len(prompts):
             raise ValueError(f"generate got {len(prompts)} prompts but {len(images)} image lists")
         self._wake(None)
-        params = [self._sampling_params(sampling, i, len(p)) for i, p in enumerate(prompts)]
+        caps = max_tokens or [sampling.max_tokens] * len(prompts)
+        params = [self._sampling_params(sampling, i, len(p), caps[i]) for i, p in enumerate(prompts)]
         requests = [self._request(p, images[i] if images else None) for i, p in enumerate(prompts)]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         if images is not None and any(images):
@@ -186,7 +192,7 @@ class VLLMEngine(RolloutEngine):
         """Drop vLLM's multimodal processor cache (it leaks across steps otherwise)."""
         self.llm.reset_mm_cache()
 
-    def _sampling_params(self, s: SamplingConfig, index: int, prompt_len: int):
+    def _sampling_params(self, s: SamplingConfig, index: int, prompt_len: int, cap: int | None = None):
         from vllm import SamplingParams
 
         return SamplingParams(
@@ -194,7 +200,7 @@ class VLLMEngine(RolloutEngine):
             temperature=s.temperature,
             top_p=s.top_p,
             top_k=0 if s.top_k == -1 else s.top_k,  # vLLM: 0 disables
-            max_tokens=min(s.max_tokens, self.max_model_len - prompt_len),
+            max_tokens=min(s.max_tokens if cap is None else cap, self.max_model_len - prompt_len),
             # vLLM gives the n children seed, seed+1, ...; offsetting per prompt keeps equal prompts independent.
             seed=None if s.seed is None else s.seed + index * s.n,
             stop_token_ids=list(s.stop_token_ids or []),

@@ -90,3 +90,34 @@ def test_trigger_filter_and_degenerate_inputs():
         choose_branch_points(win, valid, torch.tensor([0]), torch.tensor([1]), min_gap=0)
     with pytest.raises(ValueError, match="min_prefix and min_suffix must be >= 1"):
         branch_candidates(win, valid, 1.0, lengths, min_prefix=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_tree_advantages_subtract_each_childs_branch_point_mean(data):
+    from ares_lit.core.branching import tree_advantages
+
+    n = data.draw(st.integers(1, 12))
+    adv = torch.tensor(data.draw(st.lists(st.floats(-3, 3), min_size=n, max_size=n)), dtype=torch.float32)
+    # Random forest: each row is a root or a child of an earlier root at some point id.
+    child_set, sets = [-1] * n, {}
+    for i in range(1, n):
+        if data.draw(st.booleans()):
+            parent = data.draw(st.integers(0, i - 1))
+            if child_set[parent] >= 0:
+                continue
+            key = (parent, data.draw(st.integers(0, 1)))
+            sets.setdefault(key, len(sets))
+            child_set[i] = sets[key]
+    members_r, members_s = [], []
+    for (parent, _), s in sets.items():
+        members_r += [parent] + [i for i in range(n) if child_set[i] == s]
+        members_s += [s] * (1 + sum(c == s for c in child_set))
+    out = tree_advantages(adv, torch.tensor(members_r, dtype=torch.long), torch.tensor(members_s, dtype=torch.long),
+                          torch.tensor(child_set, dtype=torch.long))  # fmt: skip
+    for i in range(n):
+        if child_set[i] < 0:
+            assert out[i] == adv[i]
+        else:
+            group = [r for r, s in zip(members_r, members_s) if s == child_set[i]]
+            assert out[i] == pytest.approx(float(adv[i]) - sum(float(adv[r]) for r in group) / len(group), abs=1e-5)

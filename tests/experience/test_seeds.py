@@ -116,3 +116,18 @@ def test_a_field_out_of_range_is_a_clear_error(field, kwargs, message):
     args = dict(base_seed=0, rank=0, step=0, refill_round=0, num_prompts=2, n=4) | kwargs
     with pytest.raises(ValueError, match=message):
         round_seed(**args)
+
+
+def test_the_branching_phase_has_its_own_seeds_and_leaves_the_others_unchanged():
+    from ares_lit.experience.seeds import MAX_ROUND, SLOT_BITS, _mix, round_seed
+
+    for base, rank, step, r in [(0, 0, 0, 0), (7, 3, 11, 2), (2**40, 5, 2**20, MAX_ROUND)]:
+        plain = round_seed(base, rank, step, r, 4, 8)
+        key = step << 19 | rank << 6 | r  # the layout before branching existed: same seeds
+        assert plain == (key ^ _mix(base)) << SLOT_BITS
+        branched = round_seed(base, rank, step, r, 4, 8, branch=True)
+        assert branched != plain
+        others = {round_seed(base, rank, step, q, 4, 8) for q in range(MAX_ROUND + 1)}
+        assert branched not in others
+    with pytest.raises(ValueError, match="max_refill_tries"):
+        round_seed(0, 0, 0, MAX_ROUND + 1, 1, 1)
