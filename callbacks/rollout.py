@@ -372,6 +372,7 @@ class RolloutCallback(pl.Callback):
             self.engine.load_weights(gathered_parameters(pl_module.policy, zero3_enabled(trainer.strategy)))
         dm = trainer.datamodule
         reference = pl_module.reference
+        cache_before = dict(getattr(self.engine, "prefix_cache_stats", None) or {})
         experience = make_experience(
             list(batch["prompts"]),
             self.config,
@@ -408,6 +409,10 @@ class RolloutCallback(pl.Callback):
         self._consecutive_empty = 0
         if self.grader is not None:
             rollout.metrics.update({f"grading/{k}": float(v) for k, v in self.grader.stats.items()})
+        if cache_before:  # vLLM: the share of this step's prompt tokens found in its prefix cache
+            after = self.engine.prefix_cache_stats
+            queried = after["queried"] - cache_before["queried"]
+            rollout.metrics["rollout/prefix_cache_hit_rate"] = (after["hit"] - cache_before["hit"]) / max(queried, 1)
         # A rank without rows of its own hands over nothing; the module still runs its share of
         # the update's collectives (AEPOModule.training_step plans by the largest rank).
         batch["rollout"] = rollout if rollout.size > 0 else None

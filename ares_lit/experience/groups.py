@@ -92,6 +92,10 @@ class CollectedGroups:
     """Groups the filter dropped (all right or all wrong), over every round."""
     refills: int
     """Refill rounds run."""
+    generated_tokens: int = 0
+    """Tokens the engine generated for every round's groups, kept or dropped (a child's own tokens)."""
+    informative: list | None = None
+    """Per bucket, [groups sampled, groups with filter_low < accuracy < filter_high], every round."""
 
 
 def sample_groups(engine: RolloutEngine, prompts: list[dict], cfg: ExperienceConfig, seed: int) -> list[PromptGroup]:
@@ -208,6 +212,8 @@ def collect_groups(
     timings = {} if timings is None else timings
     seeds = seed if isinstance(seed, StepSeeds) else StepSeeds(int(seed))
     target = len(prompts)
+    generated = [0]
+    informative = [[0, 0] for _ in range(3)]
 
     def one_round(batch: list[dict], refill_round: int, have: int) -> list[PromptGroup]:
         on_phase("generation", have, target)
@@ -217,14 +223,19 @@ def collect_groups(
         with timer(timings, "grading"):
             grade_groups(groups, grade)
         assign_group_buckets(tracker, groups)
-        return groups if branch is None else branch(groups, refill_round)
+        groups = groups if branch is None else branch(groups, refill_round)
+        for g in groups:
+            generated[0] += sum(len(c.token_ids) for c in g.completions) - sum(g.inherited or [])
+            informative[g.bucket][0] += 1
+            informative[g.bucket][1] += int(cfg.filter_low < float(g.accuracy.mean()) < cfg.filter_high)
+        return groups
 
     def short(have: int) -> bool:  # shared by all ranks when branch stages are collectives
         return (target - have if branch is None else world_max(target - have)) > 0
 
     groups = one_round(prompts, 0, 0)
     if not cfg.filter_groups:
-        return CollectedGroups(groups, 0, 0)
+        return CollectedGroups(groups, 0, 0, generated[0], informative)
     kept = drop_uninformative(groups, cfg.filter_low, cfg.filter_high)
     dropped, refills = len(groups) - len(kept), 0
     while refills < cfg.max_refill_tries and short(len(kept)):
@@ -234,7 +245,7 @@ def collect_groups(
         good = drop_uninformative(more, cfg.filter_low, cfg.filter_high)
         dropped += len(more) - len(good)
         kept.extend(good)
-    return CollectedGroups(kept[:target], dropped, refills)
+    return CollectedGroups(kept[:target], dropped, refills, generated[0], informative)
 
 
 def probed_grader(timeout: float, answer_fallback: str, probe: bool):

@@ -113,6 +113,11 @@ def make_experience(
         rollout.metrics.update(brancher.metrics())
     rollout.metrics["rollout/groups_dropped"] = float(collected.dropped)
     rollout.metrics["rollout/refill_rounds"] = float(collected.refills)
+    rollout.metrics["rollout/generated_tokens"] = float(collected.generated_tokens)
+    for name, (sampled, informative) in zip(BUCKET_NAMES, collected.informative or []):
+        if sampled:  # before the filter, every round: with branching, the bucket is the phase-1 one
+            rollout.metrics[f"groups/{name}/informative"] = informative / sampled
+            rollout.metrics[f"groups/{name}/sampled"] = float(sampled)
     return Experience(rollout, collected.dropped, collected.refills)
 
 

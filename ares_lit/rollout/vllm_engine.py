@@ -141,6 +141,7 @@ class VLLMEngine(RolloutEngine):
                 "set VLLM_ENABLE_V1_MULTIPROCESSING=0 before vLLM is first imported"
             )
         self.tokenizer = self.llm.get_tokenizer()
+        self.prefix_cache_stats = {"queried": 0, "hit": 0}
         full_config = engine.model_config.hf_config
         self.architecture = (getattr(full_config, "architectures", None) or [None])[0]
         self.image_token_id = getattr(full_config, "image_token_id", None)
@@ -172,6 +173,9 @@ class VLLMEngine(RolloutEngine):
         params = [self._sampling_params(sampling, i, len(p), caps[i]) for i, p in enumerate(prompts)]
         requests = [self._request(p, images[i] if images else None) for i, p in enumerate(prompts)]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
+        for out in outputs:  # prompt tokens looked up in / found in the prefix cache, over the engine's life
+            self.prefix_cache_stats["queried"] += len(out.prompt_token_ids or [])
+            self.prefix_cache_stats["hit"] += int(out.num_cached_tokens or 0)
         if images is not None and any(images):
             self.clear_multimodal_caches()
         return [[self._completion(c, self.tokenizer) for c in out.outputs] for out in outputs]

@@ -11,7 +11,12 @@ def parity(responses, answers):
 '''
 
 
-def write_overlay(tmp: Path, engine: str, steps: int = 2, extra_callbacks: str = "") -> Path:
+BRANCHING = """
+        branching: {initial_n: 2, budget: [0, 1, 2], children_per_point: 1, min_prefix: 2, min_suffix: 2, min_gap: 4}"""
+
+
+def write_overlay(tmp: Path, engine: str, steps: int = 2, extra_callbacks: str = "", branching: bool = False) -> Path:
+    """`branching`: the rollout samples 2 responses per prompt, then branches (n = 4 leaves)."""
     reward = tmp / "reward.py"
     reward.write_text(REWARD_FILE)
     data = tmp / "prompts.jsonl"
@@ -36,7 +41,7 @@ trainer:
         n: 4
         max_new_tokens: 12
         reward_fn: {reward}:parity
-        max_refill_tries: 2
+        max_refill_tries: 2{BRANCHING if branching else ""}
     - class_path: callbacks.dynamic_kl.DynamicKLCallback
     - class_path: callbacks.entropy_logging.EntropyLoggingCallback
       init_args: {{media_every_n_steps: 1}}

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.aepo_overlay import write_overlay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,12 +24,12 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def overlay_with_state_dump(tmp_path: Path) -> Path:
+def overlay_with_state_dump(tmp_path: Path, branching: bool = False) -> Path:
     dump = (
         "    - class_path: tests.e2e.ddp_state_dump.ControllerStateDump\n"
         f"      init_args: {{out_dir: {tmp_path / 'state'}}}"
     )
-    return write_overlay(tmp_path, "hf", steps=STEPS, extra_callbacks=dump)
+    return write_overlay(tmp_path, "hf", steps=STEPS, extra_callbacks=dump, branching=branching)
 
 
 def fit_two_ranks(tmp_path: Path, overlay: Path) -> None:
@@ -98,9 +100,12 @@ def parity_on_rank0(responses, answers):
 '''
 
 
-def test_a_rank_without_rollouts_takes_part_and_the_run_completes(tmp_path):
-    """One rank keeps groups, the other drops them all: no hang, and the state still agrees."""
-    overlay = overlay_with_state_dump(tmp_path)
+@pytest.mark.parametrize("branching", [False, True], ids=["flat", "branching"])
+def test_a_rank_without_rollouts_takes_part_and_the_run_completes(tmp_path, branching):
+    """One rank keeps groups, the other drops them all: no hang, and the state still agrees.
+    With branching every refill round scores and gathers, so rank 0 (whose groups are kept)
+    runs the refill rounds rank 1 needs, on zero prompts."""
+    overlay = overlay_with_state_dump(tmp_path, branching)
     reward = tmp_path / "rank_reward.py"
     reward.write_text(RANK_REWARD)
     overlay.write_text(overlay.read_text().replace(f"{tmp_path / 'reward.py'}:parity", f"{reward}:parity_on_rank0"))

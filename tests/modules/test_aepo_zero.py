@@ -40,6 +40,8 @@ class CheckEngineAfterZeroStep(CheckEngineAfterStep):
         lp, _ = pl_module.score(pl_module.policy, ids, torch.ones_like(ids), len(seq) - plen, 1.0)
         self.results["trainer_after"] = lp[0].cpu()
         self.results["rollout_size"] = batch["rollout"].size if batch["rollout"] is not None else 0
+        if batch["rollout"] is not None:
+            self.results["branch_points"] = sum(v for k, v in batch["rollout"].metrics.items() if k.endswith("/points"))
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,10 +55,13 @@ def _in_subprocess(fn: str, *args) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-@pytest.mark.parametrize("stage", [2, 3, "3-offload"])
+@pytest.mark.parametrize("stage", [2, 3, "3-offload", "3-branching"])
 def test_weight_sync_after_step_under_zero(tmp_path, stage):
+    """"3-branching": with branching rollouts on (phase-1 scoring under ZeRO-3, then the batch)."""
     r = _in_subprocess("run_zero_step", stage, tmp_path)
-    stage = 3 if stage == "3-offload" else stage
+    if stage == "3-branching":
+        assert r["branch_points"] > 0
+    stage = 3 if stage in ("3-offload", "3-branching") else stage
     assert r["rollout_size"] > 0
     assert r["sync_gap"] < 2e-3, r
     assert r["step_change"] > 0.05, r
@@ -71,7 +76,9 @@ def test_hf_engine_is_refused_under_zero3(tmp_path):
 def run_zero_step(stage: str, tmp: str) -> dict:
     from ares_lit.models.tiny import build_tiny_qwen2
 
-    offload = stage.endswith("-offload")
+    from ares_lit.experience.config import BranchingConfig
+
+    offload, branching = stage.endswith("-offload"), stage.endswith("-branching")
     stage, tmp_path = int(stage.split("-")[0]), Path(tmp)
 
     tiny = str(build_tiny_qwen2(tmp_path / "tiny"))
@@ -79,6 +86,7 @@ def run_zero_step(stage: str, tmp: str) -> dict:
     rollout = RolloutCallback(
         engine="vllm", engine_kwargs={"max_model_len": 256, "kv_cache_gb": 0.25}, n=4, max_new_tokens=8,
         reward_fn=f"{reward}:f", max_refill_tries=3,
+        branching=BranchingConfig(initial_n=2, budget=(1, 1, 2), children_per_point=1, min_prefix=1, min_suffix=1, min_gap=2) if branching else None,
     )
     check = CheckEngineAfterZeroStep(rollout)
     model = AEPOModule(model_path=tiny, lr=5e-2, mini_batch_size=8, micro_batch_size=4, grad_clip=0.0, export_dir="")
@@ -100,6 +108,7 @@ def run_zero_step(stage: str, tmp: str) -> dict:
         "step_change": float((r["engine_after"] - r["before"]).abs().max()),
         "partitioned": bool(r["partitioned"]),
         "ref_partitioned": bool(r["ref_partitioned"]),
+        "branch_points": r.get("branch_points", 0.0),
     }
 
 
