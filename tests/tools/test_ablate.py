@@ -1,0 +1,93 @@
+"""The ablation (issue #15): the four overlays differ only in their named switches, resolved by the
+real CLI (`--print_config`), for the embedded default and the paper recipe; and
+`python -m ares_lit.tools.ablate --quick` runs end to end through the real CLI (fits, evaluations,
+ablation.json, the table and a PNG), and a second call reruns nothing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ares_lit.cli import main
+from ares_lit.tools.ablate import ARMS
+
+ROOT = Path(__file__).resolve().parents[2]
+SWITCHES = {
+    "dynamic_kl": {"DynamicKLCallback.rate", "DynamicKLCallback.rho"},
+    "entropy_shaping": {"RolloutCallback.entropy_reward"},
+    "aepo": {"RolloutCallback.branching"},
+}
+
+
+def _resolved(base: str, overlay: str, capsys) -> dict:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(ROOT / base), "--config", str(ROOT / overlay), "--print_config"])
+    assert exc.value.code in (0, None)
+    out = "\n".join(line for line in capsys.readouterr().out.splitlines() if not line.startswith("[20"))
+    return yaml.safe_load(out)
+
+
+def _flat(node, prefix=""):
+    """Dotted leaves; a callback's init_args are keyed by its class name (the list order is kept)."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    if isinstance(node, list) and node and all(isinstance(c, dict) and "class_path" in c for c in node):
+        out = {f"{prefix}order": [c["class_path"] for c in node]}
+        for c in node:
+            out.update(_flat(c.get("init_args") or {}, f"{c['class_path'].rsplit('.', 1)[-1]}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+@pytest.mark.parametrize("base,folder", [("configs/aepo.yaml", "configs/ablation"),
+                                         ("configs/recipes/ares_7b_aepo.yaml", "configs/recipes/ablation")])  # fmt: skip
+def test_arms_differ_only_in_their_switches(base, folder, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["ares_lit"])
+    flat = {a: _flat(_resolved(base, f"{folder}/{a}.yaml", capsys)) for a in ARMS}
+    assert flat["grpo"]["RolloutCallback.entropy_reward"] is False
+    assert flat["grpo"]["DynamicKLCallback.rate"] == 0.0 and flat["grpo"]["DynamicKLCallback.rho"] == 1.0
+    assert flat["grpo"]["RolloutCallback.branching"] is None
+    assert flat["aepo"]["RolloutCallback.branching.initial_n"] >= 1
+    for prev, arm in zip(ARMS, ARMS[1:]):  # each arm adds exactly its switch to the one before
+        diff = {k for k in flat[prev].keys() | flat[arm].keys() if flat[prev].get(k) != flat[arm].get(k)}
+        diff = {k if not k.startswith("RolloutCallback.branching") else "RolloutCallback.branching" for k in diff}
+        assert diff == SWITCHES[arm], (prev, arm, diff)
+    # The entropy_shaping arm is the base config itself (the default is entropy shaping + dynamic KL).
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / base), "--print_config"])
+    plain = _flat(yaml.safe_load("\n".join(x for x in capsys.readouterr().out.splitlines() if not x.startswith("[20"))))
+    assert {k for k in plain.keys() | flat["entropy_shaping"].keys() if plain.get(k) != flat["entropy_shaping"].get(k)} == set()
+
+
+def test_quick_ablation_writes_json_table_and_figure_and_resumes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ARES_LIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "ares_lit.tools.ablate", "--quick", "--output_dir", str(tmp_path / "abl")]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = tmp_path / "abl"
+    result = json.loads((out / "ablation.json").read_text())
+    assert list(result["arms"]) == list(ARMS) and result["seeds"] == [0]
+    assert 0.0 <= result["start"]["all"]["accuracy"] <= 1.0 and result["start"]["all"]["length"] > 0
+    for arm in ARMS:
+        (seed,) = result["arms"][arm]["seeds"]
+        assert seed["fit_seconds"] > 0 and 0.0 <= seed["eval"]["all"]["accuracy"] <= 1.0
+        assert any(t.endswith("/response_length") for t in seed["curves"])  # read back from TensorBoard
+        cfg = yaml.safe_load((out / "runs" / arm / "seed0" / "config.yaml").read_text())
+        rollout = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("RolloutCallback"))
+        assert rollout["init_args"]["seed"] == 0 and cfg["trainer"]["max_steps"] == 1
+        assert (out / "runs" / arm / "seed0" / "hf_model" / "config.json").exists()
+    table = (out / "ablation.md").read_text()
+    assert all(f"| {name} |" in table for name in ("start", *ARMS))
+    assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A second call finds every fit and evaluation done: nothing is retrained or re-sampled.
+    logs = {p: p.stat().st_mtime for p in out.rglob("*.log")}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "[ablate] fit" not in res.stdout and "[ablate] evaluate" not in res.stdout
+    assert {p: p.stat().st_mtime for p in out.rglob("*.log")} == logs
