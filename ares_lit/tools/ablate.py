@@ -62,7 +62,7 @@ SETTINGS: dict[str, dict] = {
 QUICK_REWARD = """def parity(responses, answers):
     return [1.0 if len(r) % 2 == 0 else 0.0 for r in responses]
 """
-EVAL = {"default": {"n": 4, "max_tokens": 128, "limit": 60}, "quick": {"n": 2, "max_tokens": 8, "limit": 2}}
+EVAL = {"default": {"n": 4, "max_tokens": 128, "limit": 0}, "quick": {"n": 2, "max_tokens": 8, "limit": 2}}
 
 
 def _merge(base: dict, over: dict) -> dict:
