@@ -26,12 +26,11 @@ from collections.abc import Callable
 
 import torch
 
-from ares_lit.batch import pad_engine_log_probs
 from ares_lit.core import BUCKET_NAMES, HWEThreshold, branch_candidates, choose_branch_points, window_entropy
 from ares_lit.distributed import all_gather_cat
 from ares_lit.experience.config import ExperienceConfig
 from ares_lit.experience.groups import Grade, PromptGroup, _no_report, timer
-from ares_lit.experience.scoring import Scorer, pack_groups, score_rollouts
+from ares_lit.experience.scoring import Scorer, engine_values, pack_groups, score_rollouts
 from ares_lit.experience.seeds import StepSeeds
 from ares_lit.rollout.base import Completion, RolloutEngine
 
@@ -91,19 +90,20 @@ class Brancher:
 
     # ---------------------------------------------------------------- one round
     def __call__(self, groups: list[PromptGroup], refill_round: int) -> list[PromptGroup]:
-        win, valid, lengths, group_ids = self._score_phase1(groups)
-        points = self._choose(groups, win, valid, lengths, group_ids)
+        rows, win, valid = self._score_phase1(groups)
+        points = self._choose(groups, rows, win, valid)
         offsets = [0]
         for g in groups:
             offsets.append(offsets[-1] + len(g.completions))
         # Requests: children first (point order, children_per_point each), then fresh roots per group.
+        children = [0] * len(groups)
         requests: list[tuple[int, int, int]] = []  # (group, parent or -1, t)
         for r, t in points:
-            gi = int(group_ids[r])
+            gi = int(rows.group_ids[r])
             requests += [(gi, r - offsets[gi], t)] * self.bc.children_per_point
+            children[gi] += self.bc.children_per_point
         for gi, g in enumerate(groups):
-            children = sum(1 for q in requests if q[0] == gi and q[1] >= 0)
-            requests += [(gi, -1, 0)] * (self.cfg.n - len(g.completions) - children)
+            requests += [(gi, -1, 0)] * (self.cfg.n - len(g.completions) - children[gi])
         outputs = self._generate(groups, requests, refill_round)
         leaves = [
             out if j < 0 else branch_leaf(groups[gi].completions[j], t, out, self.decode)
@@ -117,19 +117,12 @@ class Brancher:
         return groups
 
     def _score_phase1(self, groups: list[PromptGroup]):
-        """Trainer scores of the phase-1 rows (kept on the groups), their window entropy and τ's inputs."""
+        """The phase-1 rows, their trainer scores (kept on the groups) and window entropy."""
         rows = pack_groups(groups, self.pad, self.pixels)
-        comps = [c for g in groups for c in g.completions]
-        like = torch.zeros(len(comps), rows.response_len)
-        engine_values = None
-        if self.cfg.engine_scores:
-            lp = pad_engine_log_probs([c.logprobs for c in comps], like)
-            ent = pad_engine_log_probs([c.entropy for c in comps], like)
-            engine_values = None if lp is None or ent is None else (lp, ent)
+        _, reused = engine_values(groups, rows.response_len, self.cfg.engine_scores)
         old_lp, entropy, _ = score_rollouts(
-            rows, None if engine_values is not None else self.score_policy, None, self.cfg.temperature,
-            self.on_phase, self.timings, engine_values,
-        )  # fmt: skip
+            rows, None if reused is not None else self.score_policy, None, self.cfg.temperature, self.on_phase, self.timings, reused
+        )
         k = 0
         for g in groups:
             g.scores = []
@@ -139,10 +132,9 @@ class Brancher:
                 k += 1
         mask = rows.response_mask.to(entropy.device)
         win, valid = window_entropy(entropy, mask, self.cfg.window)
-        self._rows = rows
-        return win.cpu(), valid.cpu(), rows.response_mask.sum(-1), rows.group_ids
+        return rows, win.cpu(), valid.cpu()
 
-    def _choose(self, groups, win, valid, lengths, group_ids) -> list[tuple[int, int]]:
+    def _choose(self, groups, rows, win, valid) -> list[tuple[int, int]]:
         """τ (as for HWE tokens, over every rank's phase-1 rows), then B_d points per group."""
         tau_batch = self.hwe.from_quantiles(all_gather_cat(self.hwe.quantiles(win, valid)))
         tau = self.hwe.peek(tau_batch)
@@ -152,11 +144,11 @@ class Brancher:
         if self.trigger_ids is not None:
             from ares_lit.triggers import trigger_mask
 
-            trigger = trigger_mask(self._rows.response_ids, self.trigger_ids)
+            trigger = trigger_mask(rows.response_ids, self.trigger_ids)
         bc = self.bc
-        cand = branch_candidates(win, valid, tau, lengths, bc.min_prefix, bc.min_suffix, trigger)
+        cand = branch_candidates(win, valid, tau, rows.response_mask.sum(-1), bc.min_prefix, bc.min_suffix, trigger)
         budget = torch.tensor([bc.budget[g.bucket] for g in groups], dtype=torch.long)
-        return choose_branch_points(win, cand, group_ids, budget, bc.min_gap, bc.max_points_per_response)
+        return choose_branch_points(win, cand, rows.group_ids, budget, bc.min_gap, bc.max_points_per_response)
 
     def _generate(self, groups, requests, refill_round: int) -> list[Completion]:
         """One `generate` call for all children and fresh roots of the round (n = 1 each)."""
@@ -179,9 +171,11 @@ class Brancher:
 
     def _append(self, groups, requests, leaves, acc, fmt) -> None:
         """Add the new leaves to their groups, and count the round for the panels."""
-        for gi, g in enumerate(groups):
+        by_group: list[list[int]] = [[] for _ in groups]
+        for k, (gi, _, _) in enumerate(requests):
+            by_group[gi].append(k)
+        for g, mine in zip(groups, by_group):
             first = len(g.completions)
-            mine = [k for k, q in enumerate(requests) if q[0] == gi]
             b = g.bucket
             self.per_bucket[b, 0] += 1
             phase1 = g.accuracy.mean().item()

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ares_lit.batch import RolloutBatch, pad_engine_log_probs
+from ares_lit.batch import RolloutBatch
 from ares_lit.core import BUCKET_NAMES, HWEThreshold, count_hwe, tree_advantages, window_entropy
 from ares_lit.distributed import world_max
 from ares_lit.experience.branching import Brancher
 from ares_lit.experience.config import ExperienceConfig
 from ares_lit.experience.groups import Grade, PromptGroup, _no_report, collect_groups
-from ares_lit.experience.scoring import RolloutTensors, Scorer, pack_groups, score_rollouts
+from ares_lit.experience.scoring import RolloutTensors, Scorer, engine_values, pack_groups, score_rollouts
 from ares_lit.experience.seeds import StepSeeds
 from ares_lit.experience.shaping import bucket_controllers, group_advantages, hwe_threshold_step, hwe_tokens, shaped_reward
 from ares_lit.rollout.base import RolloutEngine
@@ -142,13 +142,7 @@ def build_rollout_batch(
     # The engine's per-token values, padded once: the gap panel, the loss's rollout correction and,
     # with cfg.engine_scores (RolloutCallback policy_scoring="auto" decides once), the old
     # log-probs and entropy in place of the policy pass, when every row has both.
-    comps = [c for g in groups for c in g.completions]
-    like = torch.zeros(len(comps), rows.response_len)
-    engine_lp = pad_engine_log_probs([c.logprobs for c in comps], like)
-    reused = None
-    if cfg.engine_scores and engine_lp is not None:
-        engine_ent = pad_engine_log_probs([c.entropy for c in comps], like)
-        reused = None if engine_ent is None else (engine_lp, engine_ent)
+    engine_lp, reused = engine_values(groups, rows.response_len, cfg.engine_scores)
     old_lp, entropy, ref_lp = score_rollouts(
         rows, None if reused is not None else score_policy, score_reference, cfg.temperature, on_phase, timings, reused,
         None if reused is not None else _known_scores(groups, rows.response_len),

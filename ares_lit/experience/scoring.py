@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import pad_sequence
 from ares_lit.experience.groups import PromptGroup, _no_report, timer
 
 __all__ = [
-    "RolloutTensors", "Scorer", "check_policy_scoring", "pack_groups", "multimodal_rows", "reuse_engine_scores", "score_rollouts"]
+    "RolloutTensors", "Scorer", "check_policy_scoring", "engine_values", "pack_groups", "multimodal_rows", "reuse_engine_scores", "score_rollouts"]
 
 Scorer = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -92,6 +92,23 @@ def pack_groups(groups: list[PromptGroup], pad_id: int, pixels: Callable | None 
     input_ids = torch.cat([prompts_t, torch.where(response_mask, resp_t, pad_id)], dim=1)
     attention = torch.cat([prompt_mask, response_mask], dim=1).long()
     return RolloutTensors(input_ids, attention, response_mask, group_ids, p_len, multimodal_rows(groups, pixels))
+
+
+def engine_values(groups: list[PromptGroup], response_len: int, engine_scores: bool):
+    """The engine's per-token values of the groups' rows, padded to `response_len` once.
+
+    Returns (log-probs [N, R] or None when a row has none; (log-probs, entropy) to stand in for the
+    policy pass when `engine_scores` and every row has both, else None).
+    """
+    from ares_lit.batch import pad_engine_log_probs
+
+    comps = [c for g in groups for c in g.completions]
+    like = torch.zeros(len(comps), response_len)
+    lp = pad_engine_log_probs([c.logprobs for c in comps], like)
+    if not engine_scores or lp is None:
+        return lp, None
+    ent = pad_engine_log_probs([c.entropy for c in comps], like)
+    return lp, None if ent is None else (lp, ent)
 
 
 def score_rollouts(

@@ -28,7 +28,17 @@ def prompt(pid: str, n_right: int, length: int = 2) -> dict:
     return {"id": pid, "prompt_ids": ids, "answer": GOLD, "question": pid, "n_right": n_right}
 
 
-class ScriptedEngine(RolloutEngine):
+class GenerateOnlyEngine(RolloutEngine):
+    """A scripted engine's base: it only generates (no scoring, no weights to load)."""
+
+    def score(self, sequences, prompt_lens):
+        raise NotImplementedError
+
+    def load_weights(self, named_tensors):
+        pass
+
+
+class ScriptedEngine(GenerateOnlyEngine):
     """Returns, for a prompt record with `n_right = k`, k answers "42" and n - k answers "7".
 
     Response i of a prompt has i + 2 tokens, so rows differ in length. Records every call.
@@ -53,12 +63,6 @@ class ScriptedEngine(RolloutEngine):
                 group.append(Completion(tokens, GOLD if right else "7", [-0.5] * len(tokens), "stop"))
             out.append(group)
         return out
-
-    def score(self, sequences, prompt_lens):
-        raise NotImplementedError
-
-    def load_weights(self, named_tensors):
-        pass
 
 
 def exact_match_grade(log: list[str] | None = None, fmt: float | list[float] = 0.0):

@@ -24,9 +24,9 @@ from ares_lit.experience import ExperienceConfig, make_experience
 from ares_lit.experience.config import BranchingConfig
 from ares_lit.experience.scoring import pack_groups
 from ares_lit.experience.seeds import StepSeeds
-from ares_lit.rollout.base import Completion, RolloutEngine
+from ares_lit.rollout.base import Completion
 from data_modules.difficulty import DifficultyTracker
-from tests.experience.fakes import FakeScorer, Refill, exact_match_grade
+from tests.experience.fakes import FakeScorer, GenerateOnlyEngine, Refill, exact_match_grade
 
 L, F, A, B, X, Y, EOS = 12, 6, 60, 61, 80, 81, 1
 P_A, P_X = 0.3, 0.35
@@ -42,7 +42,7 @@ class ForkTokenizer:
         return "42" if right else "7"
 
 
-class ForkEngine(RolloutEngine):
+class ForkEngine(GenerateOnlyEngine):
     def __init__(self, prompt_len: int):
         self.prompt_len = prompt_len
         self.calls: list[dict] = []
@@ -73,12 +73,6 @@ class ForkEngine(RolloutEngine):
                 group.append(Completion(new, ForkTokenizer().decode(full), [-0.5] * len(new), finish))
             out.append(group)
         return out
-
-    def score(self, sequences, prompt_lens):
-        raise NotImplementedError
-
-    def load_weights(self, named_tensors):
-        pass
 
 
 def fork_scorer(prompt_len: int, second: bool = False):
