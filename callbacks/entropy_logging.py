@@ -3,14 +3,20 @@
 Scalars (every logged step):
 - `bucket/<easy|medium|hard>/{accuracy,reward,entropy_reward,response_length,n_hwe,count}`, and
   `bucket/<name>/{target,alpha}` from the rollout; κ and KL per bucket come from DynamicKLCallback;
-- `hwe/threshold` (τ after smoothing) and `hwe/threshold_batch`;
+- the α controller: `bucket/<name>/setpoint` (T*_d), `bucket/<name>/calibration` (calibration
+  batches seen, K when final) and `bucket/<name>/reward_inversions` (share of the bucket's mixed
+  groups in which a wrong answer's total reward is >= a right one's);
+- `hwe/threshold` (τ after smoothing), `hwe/threshold_batch` and `hwe/voters` (responses with
+  enough windows to vote on τ);
 - `time/{weight_sync,generation,grading,logprobs}`, `rollout/tokens_per_s`,
   `rollout/engine_logprob_gap` (mean |engine − trainer| log-prob of sampled tokens),
   `rollout/{groups_dropped,refill_rounds,num_samples}`, `grading/*` counters;
 - `reward/{mean,accuracy,entropy_reward}`, `entropy/token_mean`.
 Every `media_every_n_steps`: histograms `entropy/token` and `hwe/n_he`, a text panel
-`samples` (responses with their bucket and reward, HWE tokens marked ⟦like this⟧), and a figure
-`buckets/length_and_nhe` of response length and N_HE per bucket over training.
+`samples` (responses with their bucket and reward, HWE tokens marked ⟦like this⟧), a figure
+`buckets/length_and_nhe` of response length and N_HE per bucket over training, and a figure
+`controllers/alpha_target_tau` of α_d, T_d (with T*_d dashed) and τ over training: a controller
+that degenerates shows as α at a bound, T_d near 0 or τ collapsing.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ares_lit.tb import tensorboard_writer
 __all__ = ["EntropyLoggingCallback"]
 
 _PER_BUCKET = ("accuracy", "reward", "entropy_reward", "response_length", "n_hwe")
+_CURVES = ("response_length", "n_hwe", "alpha", "target", "setpoint")  # per-bucket histories of the figures
 
 
 class EntropyLoggingCallback(pl.Callback):
@@ -38,10 +45,12 @@ class EntropyLoggingCallback(pl.Callback):
         if media_every_n_steps < 1:
             raise ValueError(f"media_every_n_steps must be >= 1; got {media_every_n_steps}")
         self.media_every_n_steps = media_every_n_steps
-        self.history: dict[str, list[float]] = {"step": []}
-        for name in BUCKET_NAMES:
-            self.history[f"{name}/response_length"] = []
-            self.history[f"{name}/n_hwe"] = []
+        self.history: dict[str, list[float]] = self._empty_history()
+
+    @staticmethod
+    def _empty_history() -> dict[str, list[float]]:
+        keys = ["step", "tau"] + [f"{name}/{k}" for name in BUCKET_NAMES for k in _CURVES]
+        return {k: [] for k in keys}
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         rollout = batch.get("rollout") if isinstance(batch, dict) else None
@@ -67,11 +76,15 @@ class EntropyLoggingCallback(pl.Callback):
         pl_module.log_dict(logs, on_step=True, on_epoch=False)
 
         step = trainer.global_step
+        nan = float("nan")
         self.history["step"].append(step)
+        self.history["tau"].append(logs.get("hwe/threshold", nan))
         for d, name in enumerate(BUCKET_NAMES):
             present = counts[d] > 0
-            self.history[f"{name}/response_length"].append(float(per_bucket["response_length"][d]) if present else float("nan"))
-            self.history[f"{name}/n_hwe"].append(float(per_bucket["n_hwe"][d]) if present else float("nan"))
+            self.history[f"{name}/response_length"].append(float(per_bucket["response_length"][d]) if present else nan)
+            self.history[f"{name}/n_hwe"].append(float(per_bucket["n_hwe"][d]) if present else nan)
+            for key in ("alpha", "target", "setpoint"):
+                self.history[f"{name}/{key}"].append(logs.get(f"bucket/{name}/{key}", nan))
         writer = tensorboard_writer(trainer)
         if writer is not None and (len(self.history["step"]) - 1) % self.media_every_n_steps == 0:
             self._write_media(writer, rollout, step)
@@ -90,14 +103,29 @@ class EntropyLoggingCallback(pl.Callback):
                 )
             writer.add_text("samples", "\n".join(rows), step)
         writer.add_figure("buckets/length_and_nhe", self._figure(), step)
+        writer.add_figure("controllers/alpha_target_tau", self.controller_figure(), step)
         writer.flush()
 
+    def controller_figure(self):
+        """α_d, T_d (T*_d dashed) and τ over the logged steps, one panel each."""
+        plt = _pyplot()
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+        steps = self.history["step"]
+        for name in BUCKET_NAMES:
+            line = axes[0].plot(steps, self.history[f"{name}/alpha"], marker=".", label=name)[0]
+            axes[1].plot(steps, self.history[f"{name}/target"], marker=".", color=line.get_color(), label=f"T {name}")
+            axes[1].plot(steps, self.history[f"{name}/setpoint"], ls="--", color=line.get_color(), label=f"T* {name}")
+        axes[2].plot(steps, self.history["tau"], marker=".", color="black")
+        for ax, title in zip(axes, ("α_d (reward scale)", "T_d and set-point T*_d (N_HE)", "τ (HWE threshold)")):
+            ax.set_title(title)
+            ax.set_xlabel("step")
+        axes[0].legend()
+        axes[1].legend(fontsize="x-small", ncol=2)
+        fig.tight_layout()
+        return fig
+
     def _figure(self):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = _pyplot()
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
         for name in BUCKET_NAMES:
             axes[0].plot(self.history["step"], self.history[f"{name}/response_length"], marker=".", label=name)
@@ -114,7 +142,10 @@ class EntropyLoggingCallback(pl.Callback):
         return {"history": {k: list(v) for k, v in self.history.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.history = {k: list(v) for k, v in state_dict["history"].items()}
+        saved = state_dict["history"]
+        n = len(saved.get("step", []))
+        # A checkpoint from before a curve existed: the curve is nan over its earlier steps.
+        self.history = {k: list(saved.get(k, [float("nan")] * n)) for k in self._empty_history()}
 
 
 def bucket_means(bucket: torch.Tensor, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -131,3 +162,12 @@ def bucket_means(bucket: torch.Tensor, values: dict[str, torch.Tensor]) -> dict[
 def _md(text: str, limit: int = 600) -> str:
     text = text if len(text) <= limit else text[:limit] + " …"
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -44,6 +44,9 @@ class RolloutCallback(pl.Callback):
         hwe_quantile: per-response quantile q_i of the window entropy (paper: 0.95).
         hwe_statistic: "mean" (paper) or "median" (released code) of the q_i.
         hwe_momentum: EMA μ of τ across steps; None recomputes τ every batch (paper).
+        hwe_min_windows: a response votes on τ only with at least this many valid windows (ours,
+            ARES_SPEC "HWE threshold τ"; a short answer's 0.95-quantile is just its peak); every
+            response's tokens are still compared with τ. A batch without voters keeps τ. 0 = paper.
         trigger_filter: also require a reasoning trigger word at an HWE token.
         trigger_words: the trigger words (None = the built-in English list).
         advantage: advantage estimator: grpo, drgrpo or rloo.
@@ -92,6 +95,7 @@ class RolloutCallback(pl.Callback):
         hwe_quantile: float = 0.95,
         hwe_statistic: str = "mean",
         hwe_momentum: float | None = None,
+        hwe_min_windows: int = 8,
         trigger_filter: bool = False,
         trigger_words: list[str] | None = None,
         advantage: str = "grpo",
@@ -139,7 +143,7 @@ class RolloutCallback(pl.Callback):
         self.engine_name = engine
         self.engine_kwargs = dict(engine_kwargs or {})
         self.max_new_tokens = max_new_tokens
-        self.hwe = HWEThreshold(hwe_quantile, hwe_statistic, hwe_momentum)
+        self.hwe = HWEThreshold(hwe_quantile, hwe_statistic, hwe_momentum, hwe_min_windows)
         self.trigger_filter = trigger_filter
         self.trigger_words = trigger_words
         self.format_weight = format_weight

@@ -147,11 +147,15 @@ class PromptDataModule(PolicyDataModule):
         shuffle: shuffle the training order (a new seeded permutation each epoch).
         seed: seed of the training order, the refill stream and the validation hold-out.
         target_momentum: EMA momentum of the bucket targets T_d; None uses each batch's mean.
-        alpha_init: initial α_d of the entropy reward for every bucket.
-        alpha_eta: α_d step size η.
+        alpha_init: α_0, the initial α_d of the entropy reward for every bucket.
+        alpha_eta: η of the α controller; null takes the form's own (0.5 for log_ratio, 0.05 for the others).
         alpha_bounds: α_d is clipped to [low, high].
-        alpha_update: α_d step: 'relative' (default) η·(mean N_HE − T_d)/max(T_d, 1), or 'absolute'
-            η·(mean N_HE − T_d); sign flipped for hard.
+        alpha_update: the α controller (README "The α controller"): 'log_ratio' (default, ours;
+            α_d = clip(α_0 + s_d·η·ln((1 + T_d)/(1 + T*_d))) after K calibration batches set T*_d),
+            'absolute' (paper), 'relative' (our withdrawn 2026-11-30 rule) or 'released' (authors' code).
+        calibration_batches: K, the batches of a bucket whose mean N_HE becomes its set-point T*_d (log_ratio).
+        alpha_min_responses: a batch with fewer responses of a bucket updates neither its T_d nor its α_d;
+            null takes the form's own (4 for log_ratio, 1 for the others).
         easy_min: group accuracy at or above which a prompt is easy.
         medium_min: group accuracy at or above which a prompt is medium (below: hard).
         history: group accuracies kept per prompt in the tracker.
@@ -180,12 +184,14 @@ class PromptDataModule(PolicyDataModule):
         seed: int = 0,
         target_momentum: float | None = None,
         alpha_init: float = 0.5,
-        alpha_eta: float = 0.05,
+        alpha_eta: float | None = None,
         alpha_bounds: tuple[float, float] = (0.0, 2.0),
         easy_min: float = 2 / 3,
         medium_min: float = 1 / 3,
         history: int = 8,
-        alpha_update: str = "relative",
+        alpha_update: str = "log_ratio",
+        calibration_batches: int = 5,
+        alpha_min_responses: int | None = None,
     ) -> None:
         super().__init__()
         minimums = {
@@ -213,6 +219,8 @@ class PromptDataModule(PolicyDataModule):
             alpha_bounds=alpha_bounds,
             history=history,
             alpha_update=alpha_update,
+            calibration_batches=calibration_batches,
+            alpha_min_responses=alpha_min_responses,
         )
         self.train_records: list[dict] | None = None
         self.val_records: list[dict] = []

@@ -26,6 +26,9 @@ RANK_BUCKET = [torch.tensor([0, 0, 1, 2]), torch.tensor([0, 2])]
 # Window entropies [B, T] and validity per rank; rank 1's second row has no valid window.
 RANK_WIN = [torch.tensor([[0.1, 0.9, 0.4], [0.3, 0.2, 0.8]]), torch.tensor([[1.5, 0.5, 0.7], [9.0, 9.0, 9.0]])]
 RANK_VALID = [torch.ones(2, 3, dtype=torch.bool), torch.tensor([[True, True, False], [False, False, False]])]
+# The default log_ratio controller, calibrating over one batch and updating on any number of responses,
+# so that the second step already moves α (the toy batches hold 1-3 responses per bucket).
+TRACKER = {"calibration_batches": 1, "alpha_min_responses": 1}
 
 
 def run_step(tracker: DifficultyTracker, rank: int, hwe: HWEThreshold):
@@ -47,8 +50,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             "empty": all_gather_cat(torch.zeros(0, dtype=torch.long)),
             "objects": all_gather_object({"rank": rank}),
         }
-        tracker = DifficultyTracker(alpha_eta=0.1)
-        hwe_mean, hwe_median = HWEThreshold(reduce="mean"), HWEThreshold(reduce="median")
+        tracker = DifficultyTracker(**TRACKER)
+        hwe_mean, hwe_median = HWEThreshold(reduce="mean", min_windows=0), HWEThreshold(reduce="median", min_windows=0)
         # Two steps: the second moves α against the first step's (global) targets.
         results["step1"] = run_step(tracker, rank, hwe_mean)
         # A rank whose groups were all dropped still joins the collectives, with zero rows.
@@ -72,7 +75,7 @@ def test_single_process_is_identity():
     assert all_gather_object(obj) == [obj] and all_gather_object(obj)[0] is obj
 
     # The tracker records at once and updates from this process's data alone.
-    tracker, hwe = DifficultyTracker(alpha_eta=0.1), HWEThreshold()
+    tracker, hwe = DifficultyTracker(**TRACKER), HWEThreshold(min_windows=0)
     targets, alpha, tau = run_step(tracker, 0, hwe)
     state = tracker.state_dict()
     assert state["history"]["shared"] == [0.0] and "c" not in state["bucket"]
@@ -83,7 +86,7 @@ def test_single_process_is_identity():
 def test_reduce_quantiles_matches_the_batch_threshold():
     win, valid = torch.cat(RANK_WIN), torch.cat(RANK_VALID)
     for reduce in ("mean", "median"):
-        hwe = HWEThreshold(reduce=reduce)
+        hwe = HWEThreshold(reduce=reduce, min_windows=0)
         assert hwe.from_quantiles(hwe.quantiles(win, valid)) == hwe_threshold(win, valid, reduce=reduce)
     assert math.isnan(reduce_quantiles(torch.zeros(0)))
     with pytest.raises(ValueError, match="reduce must be"):
@@ -110,12 +113,13 @@ def test_two_ranks_gather_then_compute_identically(tmp_path):
             assert torch.equal(x.nan_to_num(-1), y.nan_to_num(-1)), key
     t0, t1 = r0["tracker"], r1["tracker"]
     assert t0["bucket"] == t1["bucket"] and t0["history"] == t1["history"]
-    assert torch.equal(t0["alpha"], t1["alpha"]) and torch.equal(t0["targets"], t1["targets"])
+    for key in ("alpha", "targets", "setpoint_sum", "setpoint_count", "setpoint_batches"):
+        assert torch.equal(t0[key].nan_to_num(-1), t1[key].nan_to_num(-1)), key
     assert r0["tau_median"] == r1["tau_median"]
     assert r0["tau_one_rank_empty"] == r1["tau_one_rank_empty"] == hwe_threshold(RANK_WIN[0], RANK_VALID[0])
 
     # ...and equals one process fed the whole global batch in rank order.
-    ref, ref_hwe = DifficultyTracker(alpha_eta=0.1), HWEThreshold()
+    ref, ref_hwe = DifficultyTracker(**TRACKER), HWEThreshold(min_windows=0)
     for ids, acc in RANK_ASSIGNS[0] + RANK_ASSIGNS[1]:
         ref.assign(ids, torch.tensor(acc))
     targets, alpha = ref.update_targets(torch.cat(RANK_NHWE), torch.cat(RANK_BUCKET))
@@ -127,8 +131,10 @@ def test_two_ranks_gather_then_compute_identically(tmp_path):
     targets, alpha = ref.update_targets(torch.tensor([20.0]), torch.tensor([0]))
     assert targets.tolist() == r0["step2"][0].tolist() == [20.0, 8.0, 1.5]
     assert torch.equal(ref.alpha, t0["alpha"])
-    # The relative α step (ARES_SPEC, corrected 2026-11-30): η·(mean N_HE − T_d)/max(T_d, 1).
-    assert t0["alpha"].tolist() == pytest.approx([0.5 + 0.1 * (20.0 - 7.0) / 7.0, 0.5, 0.5])
+    # The log_ratio α (ARES_SPEC "The α controller"): step 1 calibrated T*_easy = 7 (the global mean),
+    # step 2's T_easy = 20: α = 0.5 + 0.5·ln(21/8). Medium and hard stay calibrating at α_0.
+    assert t0["setpoint_batches"].tolist() == [1, 1, 1] and t0["setpoint_sum"][0] == 21.0
+    assert t0["alpha"].tolist() == pytest.approx([0.5 + 0.5 * math.log(21.0 / 8.0), 0.5, 0.5])
     # The tracker knows both ranks' prompts; "shared" got rank 0's record first, then rank 1's.
     assert set(t0["bucket"]) == {"a", "b", "c", "d", "shared"}
     assert t0["history"]["shared"] == [0.0, 0.875] and t0["bucket"]["shared"] == 0

@@ -6,6 +6,15 @@ one decorated function, selected by name in the config. A variant in a new file 
 registers when it is imported: add the import below.
 """
 
+from ares_lit.core.alpha import (
+    ALPHA_UPDATES,
+    DEFAULT_ALPHA_ETA,
+    DEFAULT_ALPHA_MIN_RESPONSES,
+    alpha_reference,
+    calibrate_setpoint,
+    log_ratio_alpha,
+    update_alpha,
+)
 from ares_lit.core.advantages import (
     ADVANTAGE_ESTIMATORS,
     drgrpo_advantages,
@@ -18,7 +27,15 @@ from ares_lit.core.branching import DEFAULT_BRANCH_BUDGET, branch_candidates, ch
 from ares_lit.core.buckets import BUCKET_NAMES, EASY, HARD, MEDIUM, NUM_BUCKETS, assign_buckets
 from ares_lit.core.entropy import entropy_from_log_probs, token_entropy, window_entropy
 from ares_lit.core.groups import group_mean, group_stats, informative_groups
-from ares_lit.core.hwe import HWEThreshold, count_hwe, hwe_mask, hwe_threshold, hwe_window_mask, sequence_quantiles
+from ares_lit.core.hwe import (
+    HWEThreshold,
+    count_hwe,
+    hwe_mask,
+    hwe_threshold,
+    hwe_window_mask,
+    sequence_quantiles,
+    voting_quantiles,
+)
 from ares_lit.core.kl import KL_KINDS, DynamicKL, kl_estimate, nonwindow_kl
 from ares_lit.core.losses import (
     AGG_MODES,
@@ -31,9 +48,16 @@ from ares_lit.core.losses import (
     policy_loss,
     register_policy_loss,
 )
-from ares_lit.core.rewards import bucket_targets, entropy_shaping_reward, huber, total_reward, update_alpha
+from ares_lit.core.rewards import bucket_targets, entropy_shaping_reward, huber, reward_inversions, total_reward
 
 __all__ = [
+    "ALPHA_UPDATES",
+    "DEFAULT_ALPHA_ETA",
+    "DEFAULT_ALPHA_MIN_RESPONSES",
+    "alpha_reference",
+    "calibrate_setpoint",
+    "log_ratio_alpha",
+    "reward_inversions",
     "DEFAULT_BRANCH_BUDGET",
     "branch_candidates",
     "choose_branch_points",
@@ -76,6 +100,7 @@ __all__ = [
     "register_policy_loss",
     "rloo_advantages",
     "sequence_quantiles",
+    "voting_quantiles",
     "token_entropy",
     "total_reward",
     "update_alpha",

@@ -12,6 +12,7 @@ import torch
 __all__ = [
     "sequence_quantiles",
     "reduce_quantiles",
+    "voting_quantiles",
     "hwe_threshold",
     "HWEThreshold",
     "hwe_mask",
@@ -63,48 +64,68 @@ def reduce_quantiles(q: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
     return q.mean() if reduce == "mean" else q.median()
 
 
+def voting_quantiles(win: torch.Tensor, valid: torch.Tensor, quantile: float = 0.95, min_windows: int = 0) -> torch.Tensor:
+    """The q_i of the responses that vote on τ: those with at least max(min_windows, 1) valid windows.
+
+    ARES_SPEC "HWE threshold τ", short responses (ours, 2026-12-04): with few windows a response's
+    0.95-quantile is just its maximum, so on short answers τ would track each response's peak and
+    N_HE would become a proxy for length. Their tokens are still compared with τ. 0 is the paper.
+    """
+    if min_windows < 0:
+        raise ValueError(f"min_windows must be >= 0 (0: every response with a window votes, the paper); got {min_windows}")
+    q, has_valid = sequence_quantiles(win, valid, quantile)
+    return q[has_valid & (valid.bool().sum(dim=-1) >= min_windows)]
+
+
 def hwe_threshold(
     win: torch.Tensor,
     valid: torch.Tensor,
     quantile: float = 0.95,
     reduce: str = "mean",
+    min_windows: int = 0,
 ) -> torch.Tensor:
     """Batch HWE threshold τ_batch (ARES_SPEC "HWE threshold").
 
     Paper: τ_batch = mean_i q_i, where q_i is the 0.95-quantile of H̄_{i,·} over response i.
-    `reduce="median"` gives the released code's statistic. Rows without a valid window are left
-    out; a batch without any returns nan (a caller keeps its previous τ then).
+    `reduce="median"` gives the released code's statistic. Rows without a valid window, or with
+    fewer than `min_windows` (`voting_quantiles`), are left out; a batch without any returns nan
+    (a caller keeps its previous τ then).
     """
     if reduce not in _REDUCTIONS:
         raise ValueError(f"reduce must be one of {_REDUCTIONS}; got {reduce!r}")
-    q, has_valid = sequence_quantiles(win, valid, quantile)
-    return reduce_quantiles(q[has_valid], reduce)
+    return reduce_quantiles(voting_quantiles(win, valid, quantile, min_windows), reduce)
 
 
 class HWEThreshold:
     """The HWE threshold τ across steps, optionally EMA-smoothed: τ <- (1 - μ)·τ + μ·τ_batch.
 
     `momentum=None` (the paper's default) uses τ_batch as is. The released code used μ = 0.01.
-    The first finite τ_batch initialises τ; a nan τ_batch (no valid window) keeps τ unchanged.
+    Only responses with at least `min_windows` valid windows vote (spec default 8; 0 restores the
+    paper; `voting_quantiles`). The first finite τ_batch initialises τ; a nan τ_batch (no voter)
+    keeps τ unchanged.
     """
 
-    def __init__(self, quantile: float = 0.95, reduce: str = "mean", momentum: float | None = None) -> None:
+    def __init__(
+        self, quantile: float = 0.95, reduce: str = "mean", momentum: float | None = None, min_windows: int = 8
+    ) -> None:
         if reduce not in _REDUCTIONS:
             raise ValueError(f"reduce must be one of {_REDUCTIONS}; got {reduce!r}")
         if momentum is not None and not 0.0 < momentum <= 1.0:
             raise ValueError(f"momentum must be in (0, 1] or None; got {momentum}")
         if not 0.0 <= quantile <= 1.0:
             raise ValueError(f"quantile must be in [0, 1]; got {quantile}")
+        if min_windows < 0:
+            raise ValueError(f"min_windows must be >= 0 (0: every response with a window votes, the paper); got {min_windows}")
         self.quantile = quantile
+        self.min_windows = min_windows
         self.reduce = reduce
         self.momentum = momentum
         self.value: float | None = None
         self.num_updates = 0
 
     def quantiles(self, win: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The q_i of the responses that have a valid window (what data-parallel ranks exchange)."""
-        q, has_valid = sequence_quantiles(win, valid, self.quantile)
-        return q[has_valid]
+        """The q_i of the responses that vote (`voting_quantiles`; what data-parallel ranks exchange)."""
+        return voting_quantiles(win, valid, self.quantile, self.min_windows)
 
     def from_quantiles(self, q: torch.Tensor) -> torch.Tensor:
         """τ_batch from q_i given directly, e.g. gathered from every rank: `reduce_quantiles`."""

@@ -16,7 +16,7 @@ import torch
 
 from ares_lit.core.buckets import NUM_BUCKETS
 
-__all__ = ["huber", "entropy_shaping_reward", "bucket_targets", "update_alpha", "total_reward"]
+__all__ = ["huber", "entropy_shaping_reward", "bucket_targets", "total_reward", "reward_inversions"]
 
 Triple = Sequence[float]
 
@@ -92,23 +92,24 @@ def bucket_targets(
     bucket: torch.Tensor,
     previous: torch.Tensor | None = None,
     momentum: float | None = None,
+    min_count: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-bucket targets T_d (ARES_SPEC "Bucket targets").
+    """Per-bucket targets T_d (ARES_SPEC "Bucket targets", "The α controller").
 
     T_d is the mean N_HE of the bucket-d responses in the batch, optionally EMA-smoothed:
-    T_d <- (1 - μ)·T_d + μ·mean. A bucket that is empty in the batch keeps its previous target
-    (nan if it never had one).
+    T_d <- (1 - μ)·T_d + μ·mean. A bucket with fewer than `min_count` responses in the batch
+    (empty, with the default 1) keeps its previous target (nan if it never had one).
 
     Returns:
-        (targets [3], batch_mean [3] (nan where empty), present [3] bool)
+        (targets [3], batch_mean [3] (nan where empty), present [3] bool: count >= min_count)
     """
     b = bucket.long()
     n = n_hwe.float()
     sums = torch.zeros(NUM_BUCKETS, dtype=torch.float64, device=n.device).index_add_(0, b, n.double())
     counts = torch.bincount(b, minlength=NUM_BUCKETS)[:NUM_BUCKETS]
-    present = counts > 0
+    present = counts >= max(min_count, 1)
     nan = torch.full((NUM_BUCKETS,), math.nan, dtype=torch.float32, device=n.device)
-    mean = torch.where(present, (sums / counts.clamp_min(1)).float(), nan)
+    mean = torch.where(counts > 0, (sums / counts.clamp_min(1)).float(), nan)
     prev = nan if previous is None else previous.float().to(n.device)
     if momentum is None:
         smoothed = mean
@@ -117,29 +118,6 @@ def bucket_targets(
             raise ValueError(f"target momentum must be in (0, 1] or None; got {momentum}")
         smoothed = torch.where(torch.isnan(prev), mean, (1.0 - momentum) * prev + momentum * mean)
     return torch.where(present, smoothed, prev), mean, present
-
-
-def update_alpha(
-    alpha: torch.Tensor,
-    mean_nhe: torch.Tensor,
-    target: torch.Tensor,
-    present: torch.Tensor,
-    eta: float = 0.05,
-    bounds: tuple[float, float] = (0.0, 2.0),
-) -> torch.Tensor:
-    """Per-bucket α_d update (ARES_SPEC "Hierarchical entropy reward").
-
-    α_d += η·(mean N_HE - T_d) for easy and medium, α_d += η·(T_d - mean N_HE) for hard, then clip
-    to `bounds`. Buckets absent from the batch, or without a target yet, keep α_d.
-
-    Pass the target from *before* this batch was folded in: against the same batch's mean the
-    update would be identically 0 (the same degeneracy as the paper's λ_d). This is our choice.
-    """
-    sign = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float32, device=alpha.device)
-    diff = mean_nhe.float() - target.float()
-    ok = present.bool() & torch.isfinite(diff)
-    stepped = alpha.float() + eta * sign * torch.where(ok, diff, torch.zeros_like(diff))
-    return stepped.clamp(bounds[0], bounds[1])
 
 
 def total_reward(
@@ -153,3 +131,32 @@ def total_reward(
     if format_reward is not None and format_weight != 0.0:
         r = r + format_weight * format_reward.float()
     return r
+
+
+def reward_inversions(
+    reward: torch.Tensor,
+    correct: torch.Tensor,
+    group_ids: torch.Tensor,
+    bucket: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reward inversions per bucket (ARES_SPEC "The α controller"): groups in which some incorrect
+    response's total reward is >= some correct response's, i.e. max R(wrong) >= min R(right).
+
+    Only groups with both a correct and an incorrect response can invert; they are the
+    denominator. A group's bucket is its first response's (all of a group share one).
+
+    Returns:
+        (inverted [3] long, mixed [3] long): per bucket, inverted groups and groups with both kinds.
+    """
+    r = reward.double()
+    ok = correct.bool()
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    g = int(inverse.max()) + 1 if inverse.numel() else 0
+    inf = torch.full((g,), math.inf, dtype=torch.float64, device=r.device)
+    min_right = inf.scatter_reduce(0, inverse, torch.where(ok, r, math.inf), "amin")
+    max_wrong = (-inf).scatter_reduce(0, inverse, torch.where(ok, -math.inf, r), "amax")
+    mixed = torch.isfinite(min_right) & torch.isfinite(max_wrong)
+    inverted = mixed & (max_wrong >= min_right)
+    group_bucket = torch.zeros(g, dtype=torch.long, device=r.device).scatter_(0, inverse.flip(0), bucket.long().flip(0))
+    count = lambda m: torch.bincount(group_bucket[m], minlength=NUM_BUCKETS)[:NUM_BUCKETS]  # noqa: E731
+    return count(inverted), count(mixed)

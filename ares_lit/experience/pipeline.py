@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ares_lit.batch import RolloutBatch
-from ares_lit.core import BUCKET_NAMES, HWEThreshold, count_hwe, tree_advantages, window_entropy
+from ares_lit.core import BUCKET_NAMES, HWEThreshold, count_hwe, reward_inversions, tree_advantages, window_entropy
 from ares_lit.distributed import world_max
 from ares_lit.experience.branching import Brancher
 from ares_lit.experience.config import ExperienceConfig
@@ -71,8 +71,8 @@ def make_experience(
     after_sampling: Callable[[], None] | None = None,
     branch_trigger_ids: torch.Tensor | None = None,
 ) -> Experience:
-    """Prompts → `RolloutBatch` (module docstring). `tracker` has `assign` and `update_targets`
-    (`DifficultyTracker`); `hwe` holds τ across steps; `tokenizer` gives the pad id and decodes
+    """Prompts → `RolloutBatch` (module docstring). `tracker` has `assign`, `update_targets` and
+    `metrics` (`DifficultyTracker`); `hwe` holds τ across steps; `tokenizer` gives the pad id and decodes
     the text panel; `seed` gives each round's sampling seed (`seeds.StepSeeds`: base seed, rank,
     step; an int is a base seed at rank 0, step 0); `on_phase(phase, done, total)` reports progress; `after_sampling()` runs once after the last
     refill round, before scoring (the callback puts the engine to sleep there). With
@@ -155,7 +155,7 @@ def build_rollout_batch(
     dedupe = cfg.branching is not None and cfg.branching.prefix_loss == "dedupe"
     entropy = entropy.to(dev)
     win, valid = window_entropy(entropy, response_mask, cfg.window)
-    tau_batch, tau = hwe_threshold_step(hwe, win, valid)
+    tau_batch, tau, voters = hwe_threshold_step(hwe, win, valid)
     threshold = math.nan if tau is None else tau
     hwe_m, n_hwe, window_mask = hwe_tokens(win, valid, threshold, cfg.window, response_mask, rows.response_ids, trigger_ids)
     if dedupe:  # a child's N_HE counts its own tokens: the inherited ones are counted in its parent
@@ -190,6 +190,12 @@ def build_rollout_batch(
     # With the policy pass skipped the engine's values ARE the old log-probs: no gap to report.
     gap_lp = None if reused is not None else engine_lp
     metrics = _metrics(rows, old_lp, gap_lp, response_mask, lengths, timings, tau_batch, threshold, targets, alpha)
+    metrics["hwe/voters"] = float(voters)
+    metrics.update(tracker.metrics())
+    inverted, mixed = reward_inversions(reward, accuracy >= 0.5, rows.group_ids.to(dev), bucket)
+    for d, name in enumerate(BUCKET_NAMES):
+        if mixed[d] > 0:  # this rank's groups that hold both a right and a wrong answer
+            metrics[f"bucket/{name}/reward_inversions"] = float(inverted[d]) / float(mixed[d])
     metrics["rollout/policy_pass_skipped"] = float(reused is not None)
     child_gap = logprob_gap(gap_lp, old_lp, own & (inherited.to(dev) > 0)[:, None])
     if child_gap is not None:

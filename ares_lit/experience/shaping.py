@@ -39,11 +39,15 @@ def hwe_threshold_step(hwe: HWEThreshold, win: torch.Tensor, valid: torch.Tensor
     q_i is the quantile of response i's window entropies; τ_batch is the mean (or median) of the q_i
     of every rank's responses, gathered, so all ranks mark HWE tokens alike. A collective.
 
+    Only responses with at least `hwe.min_windows` valid windows vote (ARES_SPEC, short responses).
+
     Returns:
-        (τ_batch, nan without any valid window; τ after the update, None until the first finite τ_batch).
+        (τ_batch, nan without any voter; τ after the update, None until the first finite τ_batch;
+        the number of voters, all ranks).
     """
-    tau_batch = hwe.from_quantiles(all_gather_cat(hwe.quantiles(win, valid)))
-    return float(tau_batch), hwe.update(tau_batch)
+    q = all_gather_cat(hwe.quantiles(win, valid))
+    tau_batch = hwe.from_quantiles(q)
+    return float(tau_batch), hwe.update(tau_batch), int(q.numel())
 
 
 def hwe_tokens(

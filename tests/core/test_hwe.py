@@ -7,7 +7,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ares_lit.core.hwe import HWEThreshold, count_hwe, hwe_mask, hwe_threshold, hwe_window_mask, sequence_quantiles
+from ares_lit.core.hwe import (
+    HWEThreshold,
+    count_hwe,
+    hwe_mask,
+    hwe_threshold,
+    hwe_window_mask,
+    sequence_quantiles,
+    voting_quantiles,
+)
 
 masks = st.lists(st.lists(st.booleans(), min_size=12, max_size=12), min_size=1, max_size=6)
 
@@ -67,10 +75,33 @@ def test_tau_batch_from_quantiles_uses_configured_statistic():
     win = torch.tensor([[1.0, 0.0], [2.0, 0.0], [9.0, 0.0], [5.0, 0.0]])
     valid = torch.tensor([[True, False], [True, False], [True, False], [False, False]])  # row 3: no window
     for reduce, expect in (("median", 2.0), ("mean", 4.0)):
-        tau = HWEThreshold(reduce=reduce)
+        tau = HWEThreshold(reduce=reduce, min_windows=0)  # the paper: every response with a window votes
         q = tau.quantiles(win, valid)
         assert q.tolist() == [1.0, 2.0, 9.0]  # the row without a valid window is left out
         assert float(tau.from_quantiles(q)) == expect == float(hwe_threshold(win, valid, reduce=reduce))
+
+
+def test_short_responses_do_not_vote_on_tau_but_are_still_marked():
+    """ARES_SPEC "HWE threshold τ" (2026-12-04): fewer than 8 valid windows give no q_i; 0 is the paper."""
+    win = torch.zeros(3, 12)
+    valid = torch.zeros(3, 12, dtype=torch.bool)
+    win[0, :10], valid[0, :10] = torch.arange(10.0), True  # 10 windows: q95 = 8.55
+    win[1, :3], valid[1, :3] = torch.tensor([0.5, 9.0, 0.5]), True  # 3 windows: q95 is its peak (8.15)
+    win[2, :8], valid[2, :8] = torch.arange(8.0) / 2, True  # exactly 8 windows: votes, q95 = 3.325
+    tau = HWEThreshold()
+    assert tau.min_windows == 8
+    assert tau.quantiles(win, valid).tolist() == pytest.approx([8.55, 3.325])
+    assert voting_quantiles(win, valid, 0.95, 0).tolist() == pytest.approx([8.55, 8.15, 3.325])
+    assert float(hwe_threshold(win, valid, min_windows=8)) == pytest.approx((8.55 + 3.325) / 2)
+    assert float(hwe_threshold(win, valid)) == pytest.approx((8.55 + 8.15 + 3.325) / 3)  # paper
+    t = tau.update(tau.from_quantiles(tau.quantiles(win, valid)))
+    # the short response's peak is still compared with τ
+    assert hwe_mask(win, valid, t)[1].tolist()[:3] == [False, True, False]
+    # a batch of short responses only: no voter, τ keeps its last value
+    assert tau.quantiles(win[1:2], valid[1:2]).numel() == 0
+    assert tau.update(tau.from_quantiles(tau.quantiles(win[1:2], valid[1:2]))) == t and tau.num_updates == 1
+    with pytest.raises(ValueError, match="min_windows"):
+        HWEThreshold(min_windows=-1)
 
 
 def test_hwe_mask_threshold_validity_and_triggers():

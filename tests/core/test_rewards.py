@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ares_lit.core.buckets import EASY, HARD, MEDIUM
-from ares_lit.core.rewards import bucket_targets, entropy_shaping_reward, total_reward, update_alpha
+from ares_lit.core.alpha import update_alpha
+from ares_lit.core.rewards import bucket_targets, entropy_shaping_reward, total_reward
 
 F, KAPPA, S, C, W = (0.15, 0.25, 0.35), (2.0, 3.0, 4.0), (2.0, 2.5, 3.0), (1.0, 1.0, 1.2), (0.6, 0.8, 1.0)
 

@@ -75,14 +75,16 @@ def _two_steps(tr, t_prev, mean):
     return tr.alpha.tolist()
 
 
-def test_relative_alpha_update_is_the_default_hand_values():
-    assert DifficultyTracker().alpha_update == "relative"
+def test_relative_alpha_update_keeps_its_old_hand_values():
+    """The withdrawn 2026-11-30 rule, kept as a named option: its own η (0.05) and no response minimum."""
+    assert DifficultyTracker().alpha_update == "log_ratio"
+    relative = lambda: DifficultyTracker(alpha_update="relative")  # noqa: E731
     # T = 20, mean N_HE = 30, η = 0.05: step 0.05·10/20 = 0.025; hard sign flipped; medium unseen
-    assert _two_steps(DifficultyTracker(), 20.0, 30.0) == pytest.approx([0.525, 0.5, 0.475])
+    assert _two_steps(relative(), 20.0, 30.0) == pytest.approx([0.525, 0.5, 0.475])
     # T = 0.4 < 1: divided by max(T, 1) = 1, so the step is η·(1.4 - 0.4) = 0.05
-    assert _two_steps(DifficultyTracker(), 0.4, 1.4) == pytest.approx([0.55, 0.5, 0.45])
+    assert _two_steps(relative(), 0.4, 1.4) == pytest.approx([0.55, 0.5, 0.45])
     # uses the target from BEFORE the batch (20), not the new one (30)
-    tr = DifficultyTracker()
+    tr = relative()
     _two_steps(tr, 20.0, 30.0)
     assert tr.targets.tolist()[0] == 30.0
 
@@ -104,7 +106,7 @@ def test_relative_alpha_stays_inside_bounds_where_absolute_saturates():
         n = torch.cat([torch.randint(20, 60, (4,), generator=gen), torch.randint(30, 90, (4,), generator=gen),
                        torch.randint(40, 120, (4,), generator=gen)]).float()
         steps.append((n, torch.tensor([EASY] * 4 + [MEDIUM] * 4 + [HARD] * 4)))
-    rel, ab = DifficultyTracker(), DifficultyTracker(alpha_update="absolute")
+    rel, ab = DifficultyTracker(alpha_update="relative"), DifficultyTracker(alpha_update="absolute")
     rel_hist, abs_hist = [], []
     for n, b in steps:  # step 0 sets the targets; 8 α updates follow
         rel.update_targets(n, b)
@@ -117,7 +119,7 @@ def test_relative_alpha_stays_inside_bounds_where_absolute_saturates():
 
 
 def test_empty_bucket_keeps_nan_until_first_seen():
-    tr = DifficultyTracker()
+    tr = DifficultyTracker(alpha_min_responses=1)
     t, _ = tr.update_targets(torch.tensor([4.0, 8.0]), torch.tensor([1, 1]))
     assert math.isnan(t[0]) and t[1] == 6.0 and math.isnan(t[2])
     t, _ = tr.update_targets(torch.tensor([3.0]), torch.tensor([2]))
@@ -136,7 +138,7 @@ def test_target_momentum_and_alpha_clipping():
 
 
 def test_state_dict_round_trip_through_a_file(tmp_path):
-    tr = DifficultyTracker(history=4, alpha_eta=0.02)
+    tr = DifficultyTracker(history=4, alpha_eta=0.02, alpha_update="absolute")
     tr.assign(["a", "b", "c"], torch.tensor([1.0, 0.5, 0.0]))
     tr.assign(["a"], torch.tensor([0.25]))
     tr.update_targets(torch.tensor([10.0, 30.0]), torch.tensor([0, 1]))
@@ -144,7 +146,7 @@ def test_state_dict_round_trip_through_a_file(tmp_path):
     path = tmp_path / "tracker.pt"
     torch.save(tr.state_dict(), path)
 
-    back = DifficultyTracker(history=4, alpha_eta=0.02)
+    back = DifficultyTracker(history=4, alpha_eta=0.02, alpha_update="absolute")
     back.load_state_dict(torch.load(path, weights_only=True))
     assert "alpha_update" not in tr.state_dict()  # a setting from the config, not state
     assert torch.equal(back.targets.isnan(), tr.targets.isnan())

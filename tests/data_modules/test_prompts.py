@@ -258,8 +258,9 @@ def test_the_module_owns_a_configured_tracker():
     assert tr.assign(["a", "b"], torch.tensor([0.7, 0.2])).tolist() == [1, 2]  # 0.7 < easy_min=0.75
     with pytest.raises(ValueError, match="alpha_init"):
         PromptDataModule(alpha_init=5.0)
-    assert tr.alpha_update == "relative"
-    assert PromptDataModule(alpha_update="absolute").tracker.alpha_update == "absolute"
+    assert (tr.alpha_update, tr.calibration_batches, tr.alpha_min_responses) == ("log_ratio", 5, 4)
+    old = PromptDataModule(alpha_update="relative", calibration_batches=3, alpha_min_responses=2).tracker
+    assert (old.alpha_update, old.alpha_eta, old.calibration_batches, old.alpha_min_responses) == ("relative", 0.05, 3, 2)
 
 
 def test_settings_read_as_attributes():

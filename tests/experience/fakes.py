@@ -100,6 +100,9 @@ class SpyTracker:
             self.log.append("update_targets")
         return targets, alpha
 
+    def metrics(self):
+        return self.inner.metrics()
+
 
 class FixedControllers:
     """A tracker that buckets like the real one but returns fixed T_d and α_d."""
@@ -116,6 +119,9 @@ class FixedControllers:
 
     def update_targets(self, n_hwe, bucket):
         return self.targets.clone(), self.alpha.clone()
+
+    def metrics(self):
+        return {}
 
 
 class FakeScorer:
@@ -180,7 +186,7 @@ def run_step(prompts, stream=(), log=None, fmt=0.0, scorer=None, tracker=None, h
         refill=refill,
         score_policy=scorer or FakeScorer(log=log, name="score_policy"),
         score_reference=FakeScorer(-0.5, log=log, name="score_reference"),
-        hwe=hwe or HWEThreshold(),
+        hwe=hwe or HWEThreshold(min_windows=0),  # the scripted responses are a few tokens: all vote (the paper)
         tokenizer=StubTokenizer(),
         seed=5,
     )

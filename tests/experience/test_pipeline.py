@@ -15,7 +15,7 @@ import torch
 
 import ares_lit.experience.pipeline as pipeline
 import ares_lit.experience.shaping as shaping
-from ares_lit.core import EASY, HARD, MEDIUM, HWEThreshold, entropy_shaping_reward, hwe_window_mask
+from ares_lit.core import EASY, HARD, MEDIUM, HWEThreshold, entropy_shaping_reward, hwe_window_mask, reward_inversions
 from ares_lit.experience import nonwindow_kl, shaped_reward
 from data_modules.difficulty import DifficultyTracker
 from tests.experience.fakes import FakeScorer, FixedControllers, SpyTracker, prompt, run_step
@@ -114,6 +114,41 @@ def test_the_batch_windows_cover_the_hwe_tokens_of_each_response():
     hwe = torch.cat([valid & (win >= tau), torch.zeros(r.size, 1, dtype=torch.bool)], dim=1)
     torch.testing.assert_close(r.extras["n_hwe"], hwe.sum(-1).float())
     assert torch.equal(r.window_mask, hwe_window_mask(hwe, 2, r.response_mask))
+
+
+def test_tau_voters_and_a_batch_without_voters_keeps_tau():
+    exp, *_ = run_step(mixed_prompts())  # run_step's HWEThreshold(min_windows=0): every response votes
+    assert exp.rollout.metrics["hwe/voters"] == exp.rollout.size == 12
+    hwe = HWEThreshold()  # the default, 8 windows: these 2-4-token responses cannot vote
+    hwe.value = 0.75  # τ from an earlier step
+    r = run_step(mixed_prompts(), hwe=hwe)[0].rollout
+    assert r.metrics["hwe/voters"] == 0 and math.isnan(r.metrics["hwe/threshold_batch"])
+    assert r.metrics["hwe/threshold"] == 0.75 and hwe.num_updates == 0
+    # their tokens are still compared with the kept τ
+    ent = (r.input_ids[:, -r.response_len :] % 5).float() / 2
+    win = (ent[:, :-1] + ent[:, 1:]) / 2
+    valid = r.response_mask[:, :-1] & r.response_mask[:, 1:]
+    torch.testing.assert_close(r.extras["n_hwe"], (valid & (win >= 0.75)).sum(-1).float())
+    assert r.extras["n_hwe"].sum() > 0
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_reward_inversions_and_controller_panels(alpha):
+    """bucket/<d>/reward_inversions is the share of the bucket's mixed groups in which a wrong answer's
+    total reward is >= a right one's; none at α = 0.5 for easy and medium, and the panel tells α = 2."""
+    # medium's T = 5 lies far above its N_HE (0-1): a right medium answer pays up to the cap α
+    r = run_step(mixed_prompts(), tracker=FixedControllers([0.0, 5.0, 0.0], [alpha, alpha, alpha]))[0].rollout
+    inverted, mixed = reward_inversions(r.extras["reward"], r.extras["accuracy"] >= 0.5, r.extras["group_ids"], r.bucket)
+    assert mixed.tolist() == [1, 1, 1]
+    for d, name in enumerate(("easy", "medium", "hard")):
+        assert r.metrics[f"bucket/{name}/reward_inversions"] == float(inverted[d])
+    easy_medium = r.metrics["bucket/easy/reward_inversions"] + r.metrics["bucket/medium/reward_inversions"]
+    assert easy_medium == (0.0 if alpha == 0.5 else 1.0)
+    # the real tracker's panels: one calibration batch seen, T*_d = this batch's mean N_HE
+    r = run_step(mixed_prompts())[0].rollout
+    for d, name in enumerate(("easy", "medium", "hard")):
+        assert r.metrics[f"bucket/{name}/calibration"] == 1.0
+        assert r.metrics[f"bucket/{name}/setpoint"] == pytest.approx(float(r.extras["n_hwe"][r.bucket == d].mean()))
 
 
 class Recorder:
