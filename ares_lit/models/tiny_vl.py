@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ares_lit.models.smollm2 import save_cached_model
 from ares_lit.models.tiny import _built, _file_lock, build_tiny_tokenizer
 
 __all__ = ["build_tiny_qwen2_5_vl", "VL_CHAT_TEMPLATE", "VISION_TOKENS"]
@@ -116,7 +117,7 @@ def build_tiny_qwen2_5_vl(
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
         model.generation_config = GenerationConfig(**special)
-        model.save_pretrained(str(out), safe_serialization=True)
+        save_cached_model(model, out)
         Qwen2VLImageProcessorPil(
             min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
         ).save_pretrained(str(out))

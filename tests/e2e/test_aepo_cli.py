@@ -52,6 +52,8 @@ def test_fit_writes_tensorboard_panels_and_exports(tmp_path, engine):
         "rollout/tokens_per_s",
         "reward/mean",
         "entropy/token_mean",
+        "hwe/voters",
+        "bucket/easy/calibration",
     ):
         assert tag in tags, f"{tag} missing; have {sorted(tags)}"
     # Padding panels: the share of computed positions that were padding, scoring and update passes.
@@ -72,6 +74,11 @@ def test_fit_writes_tensorboard_panels_and_exports(tmp_path, engine):
     assert "entropy/token" in acc.Tags()["histograms"]
     assert "samples/text_summary" in acc.Tags()["tensors"]
     assert "buckets/length_and_nhe" in acc.Tags()["images"]
+    assert "controllers/alpha_target_tau" in acc.Tags()["images"]
+    # the α controller: calibrating (one batch per step at most), α at α_0 meanwhile; inversions of mixed groups
+    assert all(e.value in (0.0, 1.0, 2.0) for e in acc.Scalars("bucket/easy/calibration"))
+    assert any(t.endswith("/reward_inversions") for t in tags)
+    assert {e.value for t in tags if t.endswith("/alpha") for e in acc.Scalars(t)} == {0.5}
     # The final policy is exported as an HF folder that transformers loads.
     export = run_dir / "hf_model"
     AutoModelForCausalLM.from_pretrained(export)

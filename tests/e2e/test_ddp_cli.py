@@ -68,20 +68,25 @@ def test_two_ranks_share_one_controller_state(tmp_path):
         assert seen <= set(tracked), sorted(seen - set(tracked))
         assert all(len(shared["tracker"]["history"][i]) >= 1 for i in seen)
 
-        # T_d is the mean N_HE of bucket d over BOTH ranks' responses (no momentum); an empty
-        # bucket keeps its last target.
+        # T_d is the mean N_HE of bucket d over BOTH ranks' responses (no momentum); a bucket with
+        # fewer than 4 responses (the log_ratio controller's alpha_min_responses) keeps its last target.
         n_hwe = s0["local"]["n_hwe"] + s1["local"]["n_hwe"]
         bucket = s0["local"]["bucket"] + s1["local"]["bucket"]
         assert s0["local"]["n_hwe"] and s1["local"]["n_hwe"]
         for d in range(3):
             values = [n for n, b in zip(n_hwe, bucket) if b == d]
-            expected = sum(values) / len(values) if values else prev_targets[d]
+            expected = sum(values) / len(values) if len(values) >= 4 else prev_targets[d]
             got = shared["tracker"]["targets"][d]
             if expected is None:
                 assert got is None
             else:
                 assert math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-6), (d, got, expected)
         prev_targets = shared["tracker"]["targets"]
+        # the set-point calibration saw every step in which a bucket had 4+ responses, on both ranks' data
+        assert shared["tracker"]["setpoint_batches"] == [
+            sum(sum(1 for b in (r0["local"]["bucket"] + r1["local"]["bucket"]) if b == d) >= 4 for r0, r1 in zip(rank0, rank1) if r0["step"] <= s0["step"])
+            for d in range(3)
+        ]
 
         # τ was updated once per step, and κ moved from kl_coef = 0.01 after the first step.
         assert shared["hwe"]["num_updates"] == s0["step"]

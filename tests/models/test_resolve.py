@@ -74,3 +74,29 @@ def test_hub_name_offline_raises_naming_the_option(monkeypatch):
 def test_hub_name_online_passes_through(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _build_on_rank_one(rank: int, tmp: str) -> None:
+    import torch.distributed as dist
+
+    from ares_lit.models.tiny import build_tiny_qwen2
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
+    try:
+        if rank == 1:
+            build_tiny_qwen2(f"{tmp}/tiny")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_nonzero_ddp_rank_builds_a_complete_cache_entry(tmp_path):
+    """DDP rank 1 may take the build lock first; transformers' save_pretrained writes nothing on a
+    rank other than 0, which left a folder with a tokenizer and a marker but no config or weights."""
+    import torch.multiprocessing as mp
+    from transformers import AutoConfig
+
+    mp.start_processes(_build_on_rank_one, args=(str(tmp_path),), nprocs=2, start_method="spawn")
+    files = {p.name for p in (tmp_path / "tiny").iterdir()}
+    assert {"config.json", "model.safetensors", "ares_tiny.json"} <= files, files
+    assert AutoConfig.from_pretrained(tmp_path / "tiny").model_type == "qwen2"
