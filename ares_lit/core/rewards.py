@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from ares_lit.core.buckets import NUM_BUCKETS
+from ares_lit.core.groups import group_index
 
 __all__ = ["huber", "entropy_shaping_reward", "bucket_targets", "total_reward", "reward_inversions"]
 
@@ -143,20 +144,20 @@ def reward_inversions(
     response's total reward is >= some correct response's, i.e. max R(wrong) >= min R(right).
 
     Only groups with both a correct and an incorrect response can invert; they are the
-    denominator. A group's bucket is its first response's (all of a group share one).
+    denominator. All responses of a group share its prompt's bucket.
 
     Returns:
         (inverted [3] long, mixed [3] long): per bucket, inverted groups and groups with both kinds.
     """
     r = reward.double()
     ok = correct.bool()
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    g = int(inverse.max()) + 1 if inverse.numel() else 0
+    inverse, sizes = group_index(group_ids)
+    g = sizes.numel()
     inf = torch.full((g,), math.inf, dtype=torch.float64, device=r.device)
     min_right = inf.scatter_reduce(0, inverse, torch.where(ok, r, math.inf), "amin")
     max_wrong = (-inf).scatter_reduce(0, inverse, torch.where(ok, -math.inf, r), "amax")
     mixed = torch.isfinite(min_right) & torch.isfinite(max_wrong)
     inverted = mixed & (max_wrong >= min_right)
-    group_bucket = torch.zeros(g, dtype=torch.long, device=r.device).scatter_(0, inverse.flip(0), bucket.long().flip(0))
+    group_bucket = torch.zeros(g, dtype=torch.long, device=r.device).scatter_(0, inverse, bucket.long())
     count = lambda m: torch.bincount(group_bucket[m], minlength=NUM_BUCKETS)[:NUM_BUCKETS]  # noqa: E731
     return count(inverted), count(mixed)

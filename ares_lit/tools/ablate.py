@@ -16,7 +16,8 @@ Resumable: a finished fit (its `DONE` file) or evaluation (its `metrics.json`) i
 an interrupted fit resumes from its `ckpt/last.ckpt` (saved every 5 steps, deleted once the fit
 is done: the exported model is what the evaluation needs). Written to `--output_dir`: `ablation.json`
 (settings, wall times, per arm and seed the evaluation by level, and the TensorBoard curves),
-`ablation.md` (the table: mean ± spread over seeds), and `ablation.png` (accuracy and mean
+`ablation.md` (the table: mean ± spread over seeds, and the controllers' α_d, τ, N_HE and reward
+inversions at the first, middle and last step), and `ablation.png` (accuracy and mean
 response length per difficulty level and arm; per-step `bucket/*/accuracy` and
 `bucket/*/response_length`).
 """
@@ -165,15 +166,21 @@ def evaluate(name: str, model_path: str, config: dict, eval_cfg: dict, out: Path
     return json.loads(metrics.read_text())
 
 
+# Per-step TensorBoard curves kept in ablation.json: training accuracy and length per bucket, and the
+# α controller and τ (README "The α controller and τ") for the controllers table.
+CURVE_SUFFIXES = ("/accuracy", "/response_length", "/alpha", "/target", "/setpoint", "/n_hwe", "/reward_inversions")
+CURVE_TAGS = ("hwe/threshold", "hwe/voters")
+
+
 def curves(run_dir: Path) -> dict[str, list[list[float]]]:
-    """Per-step `bucket/*/accuracy` and `bucket/*/response_length` of a run's TensorBoard events."""
+    """Per-step `bucket/*/<CURVE_SUFFIXES>` and `CURVE_TAGS` of a run's TensorBoard events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir / "tb" / "version_0"), size_guidance={"scalars": 0})
     acc.Reload()
     out = {}
     for tag in acc.Tags()["scalars"]:
-        if tag.startswith("bucket/") and tag.endswith(("/accuracy", "/response_length")):
+        if (tag.startswith("bucket/") and tag.endswith(CURVE_SUFFIXES)) or tag in CURVE_TAGS:
             by_step = {e.step: e.value for e in acc.Scalars(tag)}  # a resumed run may log a step twice
             out[tag] = [[s, by_step[s]] for s in sorted(by_step)]
     return out
@@ -213,6 +220,25 @@ def summarize(result: dict) -> str:
                     cells.append(fmt.format(m) + ("" if arm is None else " ± " + fmt.format(s)))
         minutes = "" if arm is None else f"{statistics.fmean(x['fit_seconds'] for x in seeds) / 60:.1f}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {minutes} |")
+    return "\n".join(lines) + "\n"
+
+
+def controller_table(result: dict) -> str:
+    """α_d, τ, N_HE per bucket and reward inversions at the first, middle and last logged step,
+    mean over seeds (the runs' `bucket/*` and `hwe/threshold` curves); blank where not logged."""
+    keys = [f"alpha {lv}" for lv in LEVELS] + ["tau"] + [f"N_HE {lv}" for lv in LEVELS] + [f"inversions {lv}" for lv in LEVELS]
+    tags = [f"bucket/{lv}/alpha" for lv in LEVELS] + ["hwe/threshold"] + [f"bucket/{lv}/n_hwe" for lv in LEVELS]
+    tags += [f"bucket/{lv}/reward_inversions" for lv in LEVELS]
+    lines = ["| arm | step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for name, arm in result["arms"].items():
+        seeds = arm["seeds"]
+        steps = sorted({int(p[0]) for s in seeds for p in s["curves"].get("hwe/voters", [])})  # logged every step
+        for k in sorted({steps[0], steps[len(steps) // 2], steps[-1]}) if steps else []:
+            cells = []
+            for tag in tags:
+                values = [v for s in seeds for st, v in s["curves"].get(tag, []) if int(st) == k]
+                cells.append(f"{statistics.fmean(values):.2f}" if values else "")
+            lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -304,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["wall_seconds_this_invocation"] = time.perf_counter() - started
     result["fit_seconds_total"] = sum(x["fit_seconds"] for a in result["arms"].values() for x in a["seeds"])
     (out / "ablation.json").write_text(json.dumps(result, indent=1))
-    table = summarize(result)
+    table = summarize(result) + "\nControllers (mean over seeds; README \"The α controller and τ\"):\n\n" + controller_table(result)
     (out / "ablation.md").write_text(table)
     figure(result, out / "ablation.png")
     print(table, flush=True)
