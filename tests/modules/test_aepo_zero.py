@@ -86,6 +86,7 @@ def run_zero_step(stage: str, tmp: str) -> dict:
     rollout = RolloutCallback(
         engine="vllm", engine_kwargs={"max_model_len": 256, "kv_cache_gb": 0.25}, n=4, max_new_tokens=8,
         reward_fn=f"{reward}:f", max_refill_tries=3,
+        hwe_min_windows=0,  # 8-token responses have 5 windows: under the default 8 none would vote on τ, and none branch
         branching=BranchingConfig(initial_n=2, budget=(1, 1, 2), children_per_point=1, min_prefix=1, min_suffix=1, min_gap=2) if branching else None,
     )
     check = CheckEngineAfterZeroStep(rollout)

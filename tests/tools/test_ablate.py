@@ -86,7 +86,7 @@ def test_quick_ablation_writes_json_table_and_figure_and_resumes(tmp_path):
     table = (out / "ablation.md").read_text()
     assert all(f"| {name} |" in table for name in ("start", *ARMS))
     # the controllers table: one row per arm at its only step; α_d is still α_0 (calibrating)
-    assert all(f"| {name} | 1 | 0.50 |" in table for name in ARMS), table
+    assert all(f"| {name} | 0 | 0.50 |" in table for name in ARMS), table
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A second call finds every fit and evaluation done: nothing is retrained or re-sampled.
     logs = {p: p.stat().st_mtime for p in out.rglob("*.log")}
