@@ -239,7 +239,7 @@ class DifficultyTracker:
             return {}
         out = {}
         for d, name in enumerate(BUCKET_NAMES):
-            out[f"bucket/{name}/calibration"] = float(min(int(self.setpoint_batches[d]), self.calibration_batches))
+            out[f"bucket/{name}/calibration"] = float(self.setpoint_batches[d])  # stops at K (calibrate_setpoint)
             if self.setpoint_count[d] > 0:
                 out[f"bucket/{name}/setpoint"] = float(self.setpoint[d])
         return out
