@@ -1,19 +1,37 @@
 """The `python -m ares_lit` command line: a LightningCLI whose model and data are chosen by class_path.
 
 A YAML config picks a stage, e.g. `python -m ares_lit fit --config configs/aepo.yaml`, and every
-field can be overridden on the command line (`--trainer.max_steps 5`, `--model.init_args.lr 1e-6`).
-`--print_config` prints the fully resolved config with every default.
+field can be overridden on the command line (`--trainer.max_steps 5`, `--model.init_args.lr 1e-6`,
+`--rollout.n 8`). `--print_config` prints the fully resolved config with every default;
+`--model.help CLASS` and `--rollout.help callbacks.rollout.RolloutCallback` print each field's description.
+
+The AEPO stage's rollout settings live in a top-level `rollout:` group (the RolloutCallback, exposed
+the way Lightning exposes a callback with `add_lightning_class_args`), so that `--rollout.n=8
+--rollout.temperature=1.0` works; the callback is put first in the Trainer's callback list. A
+config that still lists `callbacks.rollout.RolloutCallback` under `trainer.callbacks` runs as
+before; giving both is an error that says what to move where.
+
+Errors in the config or the data print one line (ares_lit/cli_errors.py) and exit with status 2;
+`--debug` (anywhere on the command line) shows the full traceback instead. A run that fails before
+its first training step removes the log folder (runs/<name>/version_N) it created.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import shutil
+import sys
+import warnings
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from ares_lit.cli_errors import HINT, AresArgumentParser, short_error
 from ares_lit.launch import prepare_launch
+from callbacks.rollout import RolloutCallback
 
 # TensorBoard under runs/ unless a config says otherwise.
 TRAINER_DEFAULTS = {
@@ -23,9 +41,28 @@ TRAINER_DEFAULTS = {
     },
 }
 
+# Exceptions that, raised before the first training step, are a config or data error: one line.
+SETUP_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ImportError)
+
+
+class _RunState:
+    """Where the current `main` call is: set by AresCLI's hooks, read by `main`'s error handler."""
+
+    def __init__(self) -> None:
+        self.training = False  # the first training batch has started
+        self.new_log_dir: str | None = None  # a log folder this run creates (removed if it fails to start)
+
+
+_STATE = _RunState()
+
+
+class _TrainingStarted(Callback):
+    def on_train_batch_start(self, *args, **kwargs) -> None:
+        _STATE.training = True
+
 
 class AresCLI(LightningCLI):
-    """LightningCLI with `fit`, `validate` and `test`; models and data by class_path.
+    """LightningCLI with `fit`, `validate` and `test`; models and data by class_path; `rollout:`.
 
     `validate` and `test` sample and grade the DataModule's hold-out (`data.val_path` /
     `data.val_size`) as `fit`'s validation does (ares_lit/modules/validation.py). `predict` is not
@@ -38,37 +75,126 @@ class AresCLI(LightningCLI):
         commands.pop("predict", None)
         return commands
 
+    def add_arguments_to_parser(self, parser) -> None:
+        # Subclass mode, not required: `rollout: null` (the cold start) adds no callback; a YAML
+        # `rollout: {n: 4, ...}` without class_path means callbacks.rollout.RolloutCallback.
+        parser.add_lightning_class_args(RolloutCallback, "rollout", subclass_mode=True, required=False)
+
     def before_instantiate_classes(self) -> None:
-        # `trainer.enable_progress_bar: false` wins over a progress bar listed in the config's
-        # callbacks (configs/*.yaml list callbacks.progress.RolloutProgressBar): Lightning refuses the pair.
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
+        # `trainer.enable_progress_bar: false` wins over a progress bar listed in the config's
+        # callbacks (configs/*.yaml list callbacks.progress.RolloutProgressBar): Lightning refuses the pair.
         if trainer.enable_progress_bar is False and trainer.callbacks:
             trainer.callbacks = [c for c in trainer.callbacks if not _is_progress_bar(c)]
+        _check_rollout(config)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        # The rollout callback first: its on_train_batch_start makes the batch the others log
+        # and time (the progress bar's step time includes the rollout).
+        rollout = self._get(self.config_init, "rollout")
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        listed = trainer_config.get("callbacks") or []
+        listed = list(listed) if isinstance(listed, list) else [listed]
+        trainer_config["callbacks"] = ([rollout] if rollout is not None else []) + listed + [_TrainingStarted()]
+        return self._instantiate_trainer(trainer_config, [])
 
     def before_fit(self) -> None:
         # Before any model loads: the SLURM layout must match the Trainer (ares_lit/launch.py).
         prepare_launch(self.trainer, self.datamodule)
+        logger = self.trainer.logger
+        log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+        if log_dir and not os.path.isdir(log_dir) and self.trainer.is_global_zero:
+            _STATE.new_log_dir = str(log_dir)
 
     before_validate = before_test = before_fit
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name, None)
 
 
 def _is_progress_bar(entry) -> bool:
     class_path = getattr(entry, "class_path", None)
     if class_path is None:
         return isinstance(entry, ProgressBar)
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None)
+    cls = _import(class_path)
     return isinstance(cls, type) and issubclass(cls, ProgressBar)
 
 
+def _is_rollout(entry) -> bool:
+    class_path = getattr(entry, "class_path", None)
+    if class_path is None:
+        return isinstance(entry, RolloutCallback)
+    cls = _import(class_path)
+    return isinstance(cls, type) and issubclass(cls, RolloutCallback)
+
+
+def _check_rollout(config) -> None:
+    """One place for the rollout settings, and only on a stage that makes rollouts."""
+    listed = [c for c in (config.trainer.callbacks or []) if _is_rollout(c)]
+    if listed and config.get("rollout") is not None:
+        raise ValueError(
+            "rollout settings are given twice: callbacks.rollout.RolloutCallback under trainer.callbacks and a "
+            "top-level `rollout:` (or --rollout.*). Move the callback's init_args to `rollout:` and remove it from "
+            "trainer.callbacks (see configs/aepo.yaml)"
+        )
+    model = config.get("model")
+    model_cls = _import(model.class_path) if getattr(model, "class_path", None) else None
+    if model_cls is not None and getattr(model_cls, "uses_rollouts", False) and config.get("rollout") is None and not listed:
+        raise ValueError(
+            f"{model.class_path} trains on rollouts and this config has no `rollout:` block (the rollout engine, n, "
+            "temperature, ...): add one, as configs/aepo.yaml does"
+        )
+    if config.get("rollout") is not None and model_cls is not None and not getattr(model_cls, "uses_rollouts", False):
+        raise ValueError(
+            f"rollout settings apply to the AEPO stage only; {model.class_path} makes no rollouts: "
+            "remove `rollout:` / --rollout.* from this run"
+        )
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: try installing litlogger / litmodels" advertisements."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def _quiet_console() -> None:
+    """The console shows what the run does: no advertisements, no warnings about library internals.
+
+    Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates (a FutureWarning per dataloader,
+    nothing a user can act on). vLLM's log level is set where its engine starts (ares_lit/rollout).
+    """
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def main(args: list[str] | None = None) -> AresCLI:
-    return AresCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    _quiet_console()
+    debug = "--debug" in (sys.argv[1:] if args is None else args)
+    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv = [a for a in sys.argv if a != "--debug"]
+    else:
+        args = [a for a in args if a != "--debug"]
+    AresArgumentParser.debug = debug
+    _STATE.__init__()
+    try:
+        return AresCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            parser_class=AresArgumentParser,
+            args=args,
+        )
+    except SETUP_ERRORS as exc:
+        if debug or _STATE.training:
+            raise
+        if _STATE.new_log_dir and os.path.isdir(_STATE.new_log_dir):
+            shutil.rmtree(_STATE.new_log_dir, ignore_errors=True)  # a failed start leaves no empty version_N
+        sys.stderr.write(f"error: {short_error(exc)}\n       {HINT}\n")
+        raise SystemExit(2) from None

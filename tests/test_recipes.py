@@ -2,7 +2,7 @@
 
 `--print_config` validates every key against the class signatures (a misspelt or removed field
 fails) without building a Trainer or loading a model; the printed, fully resolved config is then
-checked against ARES_SPEC.md's "Paper recipe" line, including how the batches divide over ranks.
+checked against the paper recipe (docs/algorithm.md), including how the batches divide over ranks.
 """
 
 import sys
@@ -53,7 +53,8 @@ def test_aepo_recipe(size, resolved):
     assert trainer["precision"] == "bf16-mixed" and model["dtype"] == "bfloat16"
     assert trainer["strategy"]["class_path"].endswith("DeepSpeedStrategy") and trainer["strategy"]["init_args"]["stage"] == 3
 
-    rollout = callback(cfg, "RolloutCallback")
+    assert cfg["rollout"]["class_path"] == "callbacks.rollout.RolloutCallback"
+    rollout = cfg["rollout"]["init_args"]
     assert (rollout["engine"], rollout["n"], rollout["temperature"], rollout["top_p"]) == ("vllm", 8, 1.0, 0.99)
     assert rollout["engine_kwargs"]["tensor_parallel_size"] >= 1
     assert (data["max_prompt_length"], rollout["max_new_tokens"]) == (4096, 16384)

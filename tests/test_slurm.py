@@ -140,7 +140,7 @@ def test_cli_refuses_a_layout_mismatch_before_the_model_loads(tmp_path):
                   "--trainer.devices=2", "--model.init_args.model_path=builtin:tiny-qwen2",
                   env=slurm_env(ntasks=1, nnodes=1, per_node=1), timeout=300)
     assert res.returncode != 0
-    assert "ValueError: the SLURM allocation does not match the Trainer" in res.stderr
+    assert "error: the SLURM allocation does not match the Trainer" in res.stderr and "Traceback" not in res.stderr
     assert "trainer.devices=2 but SLURM starts 1 task(s) per node (--ntasks-per-node=1)" in res.stderr
     assert "1 x 2 = 2 processes, but SLURM launched SLURM_NTASKS=1 task(s)" in res.stderr
     assert "Loading weights" not in res.stderr + res.stdout and "curation" not in res.stdout

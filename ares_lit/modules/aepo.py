@@ -85,6 +85,8 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
             `.max_tokens`, ...; ares_lit/modules/validation.py); None = the defaults.
     """
 
+    uses_rollouts = True  # ares_lit/cli.py: the `rollout:` group (RolloutCallback) applies to this stage
+
     def __init__(
         self,
         model_path: str = "builtin:smollm2-135m-instruct",
@@ -188,7 +190,7 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
         if self.rollout_engine is None:
             raise ValueError(
                 "AEPOModule trains on the rollouts that callbacks.rollout.RolloutCallback makes, and none is attached: "
-                "add `- class_path: callbacks.rollout.RolloutCallback` to trainer.callbacks (as configs/aepo.yaml does)"
+                "add a top-level `rollout:` block to the config (as configs/aepo.yaml does)"
             )
         if self.reference is None:
             return

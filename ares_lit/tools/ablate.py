@@ -43,7 +43,8 @@ ARMS = ("grpo", "dynamic_kl", "entropy_shaping", "aepo")
 LEVELS = ("easy", "medium", "hard")
 
 # The measured setting (README "Ablation"), applied on top of configs/aepo.yaml + the arm's overlay:
-# dotted keys; `callbacks.<ClassName>.<arg>` addresses an entry of trainer.callbacks by class.
+# dotted keys (`rollout.n`, `model.init_args.lr`); `callbacks.<ClassName>.<arg>` addresses an entry of
+# trainer.callbacks by class (`callbacks.RolloutCallback.<arg>` means `rollout.<arg>`).
 SETTINGS: dict[str, dict] = {
     "default": {
         "trainer.max_steps": 20,
@@ -55,9 +56,9 @@ SETTINGS: dict[str, dict] = {
         "model.init_args.mini_batch_size": 8,
         "data.init_args.batch_size": 2,
         "data.init_args.max_prompt_length": 96,
-        "callbacks.RolloutCallback.engine": "hf",
-        "callbacks.RolloutCallback.engine_kwargs": {},
-        "callbacks.RolloutCallback.max_new_tokens": 8,
+        "rollout.engine": "hf",
+        "rollout.engine_kwargs": {},
+        "rollout.max_new_tokens": 8,
     },
 }
 QUICK_REWARD = """def parity(responses, answers):
@@ -75,6 +76,8 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _set(config: dict, key: str, value) -> None:
+    if key.startswith("callbacks.RolloutCallback."):  # the rollout callback's settings live in `rollout:`
+        key = "rollout." + key[len("callbacks.RolloutCallback."):]
     parts = key.split(".")
     if parts[0] == "callbacks":
         _, cls, arg = parts
@@ -89,6 +92,12 @@ def _set(config: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
+def rollout_settings(config: dict) -> dict:
+    """The rollout callback's init_args: the `rollout:` group (short or class_path form)."""
+    rollout = config.get("rollout") or {}
+    return rollout.get("init_args", rollout) if "class_path" in rollout else rollout
+
+
 def resolve_config(arm: str, base: Path, overlays: Path, settings: dict | None = None) -> dict:
     """configs/aepo.yaml + configs/ablation/<arm>.yaml (+ dotted `settings`), merged as the CLI would."""
     config = _merge(yaml.safe_load(base.read_text()), yaml.safe_load((overlays / f"{arm}.yaml").read_text()))
@@ -101,7 +110,7 @@ def run_config(config: dict, run_dir: Path, seed: int) -> dict:
     """The arm's config for one seed, with this run's paths; validation off (evaluated afterwards)."""
     c = copy.deepcopy(config)
     c["seed_everything"] = seed
-    _set(c, "callbacks.RolloutCallback.seed", seed)
+    _set(c, "rollout.seed", seed)
     t = c["trainer"]
     t["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                    "init_args": {"save_dir": str(run_dir), "name": "tb", "version": 0}}  # fmt: skip
@@ -152,7 +161,7 @@ def evaluate(name: str, model_path: str, config: dict, eval_cfg: dict, out: Path
     eval_dir = out / "eval" / name
     metrics = eval_dir / "metrics.json"
     if not metrics.exists():
-        rc = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("RolloutCallback"))["init_args"]
+        rc = rollout_settings(config)
         eval_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable, "-m", "ares_lit.evaluate", "--model_path", model_path, "--data", "builtin:math",
@@ -285,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--base", default="configs/aepo.yaml", help="the AEPO config the overlays apply to")
     p.add_argument("--overlays", default="configs/ablation", help="folder of <arm>.yaml overlays")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=YAML",
-                   help="extra dotted override (e.g. trainer.max_steps=40, callbacks.RolloutCallback.n=8); repeatable")  # fmt: skip
+                   help="extra dotted override (e.g. trainer.max_steps=40, rollout.n=8); repeatable")  # fmt: skip
     p.add_argument("--eval_n", type=int, default=None, help="samples per held-out problem")
     p.add_argument("--eval_limit", type=int, default=None, help="held-out problems per source (0 = all)")
     args = p.parse_args(argv)
@@ -311,13 +320,13 @@ def main(argv: list[str] | None = None) -> dict:
         reward = out / "quick_reward.py"
         reward.write_text(QUICK_REWARD)
         for a in arms:
-            _set(configs[a], "callbacks.RolloutCallback.reward_fn", f"{reward}:parity")
+            _set(configs[a], "rollout.reward_fn", f"{reward}:parity")
     started = time.perf_counter()
     result: dict = {"mode": mode, "settings": settings, "eval": eval_cfg, "seeds": seeds, "arms": {}}
     for a in arms:
         for s in seeds:
             fit(a, s, configs[a], out)
-    engine = next(c for c in configs[arms[0]]["trainer"]["callbacks"] if c["class_path"].endswith("RolloutCallback"))["init_args"].get("engine", "vllm")
+    engine = rollout_settings(configs[arms[0]]).get("engine", "vllm")
     start_model = configs[arms[0]]["model"]["init_args"]["model_path"]
     result["start"] = _by_level(evaluate("start", start_model, configs[arms[0]], eval_cfg, out, engine))
     for a in arms:

@@ -12,7 +12,7 @@ def parity(responses, answers):
 
 
 BRANCHING = """
-        branching: {initial_n: 2, budget: [0, 1, 2], children_per_point: 1, min_prefix: 2, min_suffix: 2, min_gap: 4}"""
+  branching: {initial_n: 2, budget: [0, 1, 2], children_per_point: 1, min_prefix: 2, min_suffix: 2, min_gap: 4}"""
 
 
 def write_overlay(tmp: Path, engine: str, steps: int = 2, extra_callbacks: str = "", branching: bool = False) -> Path:
@@ -34,20 +34,19 @@ trainer:
     class_path: lightning.pytorch.loggers.TensorBoardLogger
     init_args: {{save_dir: {tmp / "runs"}, name: aepo}}
   callbacks:
-    - class_path: callbacks.rollout.RolloutCallback
-      init_args:
-        engine: {engine}
-        engine_kwargs: {engine_kwargs}
-        n: 4
-        max_new_tokens: 12
-        reward_fn: {reward}:parity
-        max_refill_tries: 2{BRANCHING if branching else ""}
     - class_path: callbacks.dynamic_kl.DynamicKLCallback
     - class_path: callbacks.entropy_logging.EntropyLoggingCallback
       init_args: {{media_every_n_steps: 1}}
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{dirpath: {tmp / "ckpt"}, save_last: true, every_n_train_steps: 1, save_top_k: 0}}
 {extra_callbacks}
+rollout:
+  engine: {engine}
+  engine_kwargs: {engine_kwargs}
+  n: 4
+  max_new_tokens: 12
+  reward_fn: {reward}:parity
+  max_refill_tries: 2{BRANCHING if branching else ""}
 model:
   init_args:
     model_path: builtin:tiny-qwen2

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from ares_lit.cli import main
-from ares_lit.tools.ablate import ARMS
+from ares_lit.tools.ablate import ARMS, rollout_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SWITCHES = {
@@ -32,7 +32,12 @@ def _resolved(base: str, overlay: str, capsys) -> dict:
 
 
 def _flat(node, prefix=""):
-    """Dotted leaves; a callback's init_args are keyed by its class name (the list order is kept)."""
+    """Dotted leaves; a callback's init_args are keyed by its class name (the list order is kept), and
+    the `rollout:` group's by RolloutCallback."""
+    if isinstance(node, dict) and not prefix and isinstance(node.get("rollout"), dict):
+        node = dict(node)
+        rollout = node.pop("rollout")
+        return {**_flat(node), **_flat(rollout["init_args"], f"{rollout['class_path'].rsplit('.', 1)[-1]}.")}
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
@@ -80,8 +85,7 @@ def test_quick_ablation_writes_json_table_and_figure_and_resumes(tmp_path):
         assert seed["fit_seconds"] > 0 and 0.0 <= seed["eval"]["all"]["accuracy"] <= 1.0
         assert any(t.endswith("/response_length") for t in seed["curves"])  # read back from TensorBoard
         cfg = yaml.safe_load((out / "runs" / arm / "seed0" / "config.yaml").read_text())
-        rollout = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("RolloutCallback"))
-        assert rollout["init_args"]["seed"] == 0 and cfg["trainer"]["max_steps"] == 1
+        assert rollout_settings(cfg)["seed"] == 0 and cfg["trainer"]["max_steps"] == 1
         assert (out / "runs" / arm / "seed0" / "hf_model" / "config.json").exists()
     table = (out / "ablation.md").read_text()
     assert all(f"| {name} |" in table for name in ("start", *ARMS))
