@@ -171,7 +171,8 @@ def _quiet_console() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
-def main(args: list[str] | None = None) -> AresCLI:
+def main(args: list[str] | None = None, run: bool = True) -> AresCLI:
+    """`python -m ares_lit`; `run=False` builds the model, data and Trainer without calling a subcommand."""
     _quiet_console()
     debug = "--debug" in (sys.argv[1:] if args is None else args)
     if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
@@ -190,6 +191,7 @@ def main(args: list[str] | None = None) -> AresCLI:
             save_config_kwargs={"overwrite": True},
             parser_class=AresArgumentParser,
             args=args,
+            run=run,
         )
     except SETUP_ERRORS as exc:
         if debug or _STATE.training:

@@ -1,4 +1,4 @@
-"""One-line errors for `python -m ares_lit` (README "Configuration": errors).
+"""One-line errors for `python -m ares_lit` (docs/configuration.md, "Errors and console output").
 
 A config or data error prints one message that names the field, the value and the fix, with no
 usage dump and no traceback; `--debug` restores both. Two sources:

@@ -1,7 +1,7 @@
 """Collectives that keep the AEPO controller state identical on every data-parallel rank.
 
 Each rank samples and grades its own prompts, but τ, T_d, α_d, κ_d and the per-prompt difficulty
-history must be computed from the whole global batch (ARES_SPEC "Dynamic KL": "all-reduced across
+history must be computed from the whole global batch (docs/algorithm.md "Dynamic KL": "all-reduced across
 ranks"). The pattern is always *gather, then compute*: every rank receives the same inputs in rank
 order and runs the same deterministic update, so the results agree bit for bit.
 

@@ -1,7 +1,7 @@
 """The ARES prompt: a question, the paper's reasoning suffix, the policy's chat template.
 
 Both stages (AdaCS and AEPO) and evaluation build prompts here, so that the model is always asked
-the same way (ARES_SPEC "Two stages": the suffix is used in training and eval).
+the same way (docs/algorithm.md "Two stages": the suffix is used in training and eval).
 """
 
 from __future__ import annotations

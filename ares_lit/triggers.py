@@ -1,4 +1,4 @@
-"""Reasoning trigger words for the optional HWE filter (ARES_SPEC "HWE tokens").
+"""Reasoning trigger words for the optional HWE filter (docs/algorithm.md "HWE tokens").
 
 With the filter on, an HWE token also needs the decoded, lower-cased word of the *sampled* token
 at t to be one of these (the released code mistakenly looked at the arg-max token). The released

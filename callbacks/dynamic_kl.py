@@ -1,4 +1,4 @@
-"""DynamicKLCallback: per-bucket KL coefficients κ_d, relaxed inside HWE windows (ARES_SPEC "Dynamic KL").
+"""DynamicKLCallback: per-bucket KL coefficients κ_d, relaxed inside HWE windows (docs/algorithm.md "Dynamic KL").
 
 Its `core.DynamicKL` controller starts from the model's `kl_coef`. It hands the controller to the
 module (which asks it for β_{i,t} in the loss) and, after each step, updates κ_d from KL_d, the

@@ -1,4 +1,4 @@
-"""The AdaCS rules (ARES_SPEC "AdaCS"): pass-rate brackets, anchor lengths, L_target(p), the choice
+"""The AdaCS rules (docs/algorithm.md "AdaCS"): pass-rate brackets, anchor lengths, L_target(p), the choice
 of one trace per problem, uniform bracket quotas, and trace normalization.
 
 Pure functions of plain Python values: no Lightning, no tokenizer, no I/O. `data_modules/curation.py`
@@ -102,7 +102,7 @@ def bracket_of(p: float, bracket_n: int) -> int:
 
 
 def target_length(p: float, l0: float, l1: float) -> float:
-    """L_target(p) = (1 − p)·L(0) + p·L(1) (ARES_SPEC "AdaCS")."""
+    """L_target(p) = (1 − p)·L(0) + p·L(1) (docs/algorithm.md "AdaCS")."""
     return (1.0 - p) * l0 + p * l1
 
 

@@ -1,4 +1,4 @@
-"""`ColdstartDataModule`: the AdaCS cold-start data (ARES_SPEC "AdaCS"): a pool of problems with
+"""`ColdstartDataModule`: the AdaCS cold-start data (docs/algorithm.md "AdaCS"): a pool of problems with
 candidate traces and pass rates, curated once into a cached set and served as SFT batches.
 
 Input schema (JSON lines, .json or .parquet; one problem per row; key names are configurable):

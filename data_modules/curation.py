@@ -1,4 +1,4 @@
-"""Cold-start curation (ARES_SPEC "AdaCS"): cleaned pool problems in, the curated set and its report out.
+"""Cold-start curation (docs/algorithm.md "AdaCS"): cleaned pool problems in, the curated set and its report out.
 
 The ColdstartDataModule reads and cleans the pool and caches what `curate` returns
 (data_modules/coldstart.py); the selection rules are in data_modules/adacs.py. `curate` does, in order:

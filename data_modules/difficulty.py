@@ -1,6 +1,6 @@
 """`DifficultyTracker`: per-prompt difficulty history and per-bucket AEPO controller state.
 
-ARES_SPEC "Online difficulty buckets", "Bucket targets", "The α controller". The math is in
+docs/algorithm.md "Online difficulty buckets", "Bucket targets", "The α controller". The math is in
 `ares_lit.core` (`assign_buckets`, `bucket_targets`, `calibrate_setpoint`, `log_ratio_alpha`,
 `update_alpha`); this class only holds the state that must survive across steps and checkpoints:
 
@@ -54,7 +54,7 @@ class DifficultyTracker:
         alpha_init: α_0, the starting α_d of every bucket (spec: 0.5).
         alpha_eta: η of the α update; None takes the form's own (0.5 for log_ratio, 0.05 for the others).
         alpha_bounds: α_d is clipped to this [low, high] (spec: [0, 2]).
-        alpha_update: the α controller (ARES_SPEC "The α controller"; `ares_lit/core/alpha.py`):
+        alpha_update: the α controller (docs/algorithm.md "The α controller"; `ares_lit/core/alpha.py`):
             "log_ratio" (default, ours): after K calibration batches fix the set-point T*_d,
             α_d = clip(α_0 + s_d·η·ln((1 + T_d)/(1 + T*_d))), s = (+1, +1, −1); drift-free.
             "absolute" (paper): α_d += s_d·η·(mean N_HE − T_d^prev).
@@ -182,7 +182,7 @@ class DifficultyTracker:
             n_hwe: [N] N_HE per response.
             bucket: [N] long bucket of each response (its prompt's bucket).
 
-        Order, per ARES_SPEC "Bucket targets" and "The α controller":
+        Order, per docs/algorithm.md "Bucket targets" and "The α controller":
             1. present_d: bucket d has >= alpha_min_responses responses in the global batch; only
                present buckets update anything below.
             2. T_d: this batch's mean N_HE of bucket d (EMA-smoothed with target_momentum); the

@@ -2,7 +2,7 @@
 
 Data flow (STYLE.md): this module hands out prompt records; the rollout callback samples responses
 into the same batch dict; the LightningModule computes the losses. The module also owns the
-`DifficultyTracker` (ARES_SPEC "Online difficulty buckets"), so that each prompt's history, the
+`DifficultyTracker` (docs/algorithm.md "Online difficulty buckets"), so that each prompt's history, the
 targets T_d and the α_d are saved in checkpoints with the data position.
 
 A prompt record is a plain dict:
@@ -150,7 +150,7 @@ class PromptDataModule(PolicyDataModule):
         alpha_init: α_0, the initial α_d of the entropy reward for every bucket.
         alpha_eta: η of the α controller; null takes the form's own (0.5 for log_ratio, 0.05 for the others).
         alpha_bounds: α_d is clipped to [low, high].
-        alpha_update: the α controller (README "The α controller"): 'log_ratio' (default, ours;
+        alpha_update: the α controller (docs/stages.md "The α controller and τ"): 'log_ratio' (default, ours;
             α_d = clip(α_0 + s_d·η·ln((1 + T_d)/(1 + T*_d))) after K calibration batches set T*_d),
             'absolute' (paper), 'relative' (our withdrawn 2026-11-30 rule) or 'released' (authors' code).
         calibration_batches: K, the batches of a bucket whose mean N_HE becomes its set-point T*_d (log_ratio).

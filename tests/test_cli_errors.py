@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ares_lit.cli import main
 from ares_lit.cli_errors import describe_parse_error, did_you_mean
@@ -114,3 +115,24 @@ def test_the_real_command_prints_at_most_5_lines(tmp_path):
     assert res.returncode == 2 and len(text.splitlines()) <= 5, text
     assert "data.batch_size must be >= 1; got -4" in text and "Traceback" not in text
     assert time.perf_counter() - start < 120 and not (tmp_path / "runs").exists()
+
+
+def test_a_config_listing_the_rollout_callback_under_trainer_callbacks_still_runs(tmp_path):
+    """The layout before `rollout:` existed: the callback in trainer.callbacks, no `rollout:`.
+    The Trainer gets exactly that callback, once, with its settings."""
+    from callbacks.rollout import RolloutCallback
+
+    base = yaml.safe_load(Path(AEPO).read_text())
+    rollout = base.pop("rollout")
+    base["trainer"]["callbacks"].insert(0, {"class_path": "callbacks.rollout.RolloutCallback", "init_args": {**rollout, "n": 2}})
+    base["model"]["init_args"]["model_path"] = "builtin:tiny-qwen2"
+    legacy = tmp_path / "legacy.yaml"
+    legacy.write_text(yaml.safe_dump(base))
+    cli = main(["--config", str(legacy), "--trainer.enable_progress_bar=false"], run=False)
+    (found,) = [c for c in cli.trainer.callbacks if isinstance(c, RolloutCallback)]
+    assert found.config.n == 2 and found.answer_fallback == "last_number"
+    # and the new layout puts it first in the list, once
+    cli = main(["--config", AEPO, "--model.init_args.model_path=builtin:tiny-qwen2", "--rollout.n=3",
+                "--trainer.enable_progress_bar=false"], run=False)  # fmt: skip
+    assert isinstance(cli.trainer.callbacks[0], RolloutCallback) and cli.trainer.callbacks[0].config.n == 3
+    assert sum(isinstance(c, RolloutCallback) for c in cli.trainer.callbacks) == 1

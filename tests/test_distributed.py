@@ -131,7 +131,7 @@ def test_two_ranks_gather_then_compute_identically(tmp_path):
     targets, alpha = ref.update_targets(torch.tensor([20.0]), torch.tensor([0]))
     assert targets.tolist() == r0["step2"][0].tolist() == [20.0, 8.0, 1.5]
     assert torch.equal(ref.alpha, t0["alpha"])
-    # The log_ratio α (ARES_SPEC "The α controller"): step 1 calibrated T*_easy = 7 (the global mean),
+    # The log_ratio α (docs/algorithm.md "The α controller"): step 1 calibrated T*_easy = 7 (the global mean),
     # step 2's T_easy = 20: α = 0.5 + 0.5·ln(21/8). Medium and hard stay calibrating at α_0.
     assert t0["setpoint_batches"].tolist() == [1, 1, 1] and t0["setpoint_sum"][0] == 21.0
     assert t0["alpha"].tolist() == pytest.approx([0.5 + 0.5 * math.log(21.0 / 8.0), 0.5, 0.5])

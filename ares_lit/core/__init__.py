@@ -1,6 +1,6 @@
-"""ARES math as pure, vectorized torch: no Lightning, no I/O (see ARES_SPEC.md).
+"""ARES math as pure, vectorized torch: no Lightning, no I/O (see docs/algorithm.md).
 
-Every equation lives here once; the README maps each name to its equation. Advantage estimators
+Every equation lives here once; docs/algorithm.md maps each name to its equation. Advantage estimators
 and policy losses are registries (`register_advantage`, `register_policy_loss`): a new variant is
 one decorated function, selected by name in the config. A variant in a new file of this package
 registers when it is imported: add the import below.

@@ -1,4 +1,4 @@
-"""Outcome advantages: GRPO, Dr.GRPO and RLOO (ARES_SPEC "Advantages").
+"""Outcome advantages: GRPO, Dr.GRPO and RLOO (docs/algorithm.md "Advantages").
 
 A registry maps names to estimators, so that a new variant is one decorated function:
 

@@ -1,4 +1,4 @@
-"""The α controller of the entropy reward (ARES_SPEC "The α controller", corrected 2026-12-04).
+"""The α controller of the entropy reward (docs/algorithm.md "The α controller", corrected 2026-12-04).
 
 α_d scales the cap α_d·c_d of the hierarchical entropy reward. Four forms, named in the config
 (`DifficultyTracker(alpha_update=...)`):

@@ -1,4 +1,4 @@
-"""Branch points of entropy-aware branching rollouts (ARES_SPEC "Entropy-aware branching
+"""Branch points of entropy-aware branching rollouts (docs/algorithm.md "Entropy-aware branching
 rollouts", paper §3.2.1; issue #14). Pure torch, no engine: the pipeline that samples the
 children builds on these two functions.
 

@@ -1,4 +1,4 @@
-"""Online difficulty buckets (ARES_SPEC "Online difficulty buckets").
+"""Online difficulty buckets (docs/algorithm.md "Online difficulty buckets").
 
 Pure torch: no Lightning, no I/O.
 """

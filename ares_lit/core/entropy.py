@@ -1,4 +1,4 @@
-"""Token entropy and window entropy (ARES_SPEC "Token entropy", "Window entropy").
+"""Token entropy and window entropy (docs/algorithm.md "Token entropy", "Window entropy").
 
 Pure torch: no Lightning, no I/O.
 """
@@ -45,7 +45,7 @@ def token_entropy(
 ) -> torch.Tensor:
     """Exact full-vocabulary entropy H_t = -sum_v p_v log p_v of p = softmax(logits / T).
 
-    ARES_SPEC "Token entropy". Accumulates in fp32 whatever the input dtype (bf16 included) and
+    docs/algorithm.md "Token entropy". Accumulates in fp32 whatever the input dtype (bf16 included) and
     returns fp32 of shape `logits.shape[:-1]`.
 
     The work is chunked over rows under a memory budget (see `entropy_chunk_rows`), so that peak
@@ -90,7 +90,7 @@ def token_entropy(
 
 
 def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
-    """H_t = -sum_v p_v log p_v from a log-softmax already at hand (ARES_SPEC "Token entropy").
+    """H_t = -sum_v p_v log p_v from a log-softmax already at hand (docs/algorithm.md "Token entropy").
 
     For callers that compute log p = log_softmax(z / T) anyway (the trainer's log-prob pass takes
     the sampled tokens' log-probs from it): no second pass over the logits. Pass fp32 for an fp32
@@ -105,7 +105,7 @@ def window_entropy(
     mask: torch.Tensor,
     window: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window entropy H̄_{t:w} = (1/w) sum_{tau=t}^{t+w-1} H_tau (ARES_SPEC "Window entropy").
+    """Window entropy H̄_{t:w} = (1/w) sum_{tau=t}^{t+w-1} H_tau (docs/algorithm.md "Window entropy").
 
     Args:
         entropy: [B, T] token entropies.

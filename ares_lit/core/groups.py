@@ -50,7 +50,7 @@ def group_mean(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
 
 
 def informative_groups(group_ids: torch.Tensor, accuracy: torch.Tensor, low: float = 0.01, high: float = 0.99) -> torch.Tensor:
-    """DAPO dynamic sampling (ARES_SPEC "Group filter"): keep samples whose group mean accuracy is
+    """DAPO dynamic sampling (docs/algorithm.md "Group filter"): keep samples whose group mean accuracy is
     strictly inside (low, high); groups that are all right or all wrong carry no GRPO signal.
 
     Returns a bool [N] keep-mask.

@@ -1,4 +1,4 @@
-"""High-window-entropy (HWE) threshold, tokens and windows (ARES_SPEC "HWE threshold", "HWE tokens").
+"""High-window-entropy (HWE) threshold, tokens and windows (docs/algorithm.md "HWE threshold", "HWE tokens").
 
 Pure torch: no Lightning, no I/O.
 """
@@ -67,7 +67,7 @@ def reduce_quantiles(q: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
 def voting_quantiles(win: torch.Tensor, valid: torch.Tensor, quantile: float = 0.95, min_windows: int = 0) -> torch.Tensor:
     """The q_i of the responses that vote on τ: those with at least max(min_windows, 1) valid windows.
 
-    ARES_SPEC "HWE threshold τ", short responses (ours, 2026-12-04): with few windows a response's
+    docs/algorithm.md "HWE threshold τ", short responses (ours, 2026-12-04): with few windows a response's
     0.95-quantile is just its maximum, so on short answers τ would track each response's peak and
     N_HE would become a proxy for length. Their tokens are still compared with τ. 0 is the paper.
     """
@@ -84,7 +84,7 @@ def hwe_threshold(
     reduce: str = "mean",
     min_windows: int = 0,
 ) -> torch.Tensor:
-    """Batch HWE threshold τ_batch (ARES_SPEC "HWE threshold").
+    """Batch HWE threshold τ_batch (docs/algorithm.md "HWE threshold").
 
     Paper: τ_batch = mean_i q_i, where q_i is the 0.95-quantile of H̄_{i,·} over response i.
     `reduce="median"` gives the released code's statistic. Rows without a valid window, or with
@@ -163,7 +163,7 @@ def hwe_mask(
     threshold: float | torch.Tensor,
     trigger_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """HWE tokens m_{i,t} = 1[H̄_{i,t:w} >= τ] on valid windows (ARES_SPEC "HWE tokens").
+    """HWE tokens m_{i,t} = 1[H̄_{i,t:w} >= τ] on valid windows (docs/algorithm.md "HWE tokens").
 
     `trigger_mask` [B, T] optionally also requires the sampled token at t to be a reasoning
     trigger word. A nan threshold marks nothing.

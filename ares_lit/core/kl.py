@@ -1,4 +1,4 @@
-"""KL estimators and the token-wise dynamic KL controller (ARES_SPEC "Dynamic KL").
+"""KL estimators and the token-wise dynamic KL controller (docs/algorithm.md "Dynamic KL").
 
 KL is an actor loss against the frozen reference π_ref, not a reward penalty. Pure torch: no
 Lightning, no I/O, no collectives (the callback all-reduces KL_d before `DynamicKL.update`).
@@ -102,7 +102,7 @@ def nonwindow_kl(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-bucket sums of k3 and token counts over response tokens OUTSIDE validated HWE windows.
 
-    ARES_SPEC "Dynamic KL": κ_d is updated from KL_d, the mean k3 over bucket d's non-window
+    docs/algorithm.md "Dynamic KL": κ_d is updated from KL_d, the mean k3 over bucket d's non-window
     tokens, all-reduced across ranks; KL_d = Σ sums / Σ counts over micro-batches and ranks.
 
     Args:

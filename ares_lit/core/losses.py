@@ -1,4 +1,4 @@
-"""Policy losses, their registry, and loss aggregation (ARES_SPEC "Policy loss").
+"""Policy losses, their registry, and loss aggregation (docs/algorithm.md "Policy loss").
 
 A registry maps names to policy losses, so that a new variant is one decorated function here (or
 in a new file under `core/` that `core/__init__.py` imports), selected by `model.policy_loss`:
@@ -135,7 +135,7 @@ def policy_loss(
     horizon: float | None = None,
     weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate with clip-higher and dual clip (ARES_SPEC "Policy loss"); "vanilla".
+    """PPO clipped surrogate with clip-higher and dual clip (docs/algorithm.md "Policy loss"); "vanilla".
 
     r = exp(clamp(logπ_θ - logπ_old, ±20)); per token
     L = max(-A·r, -A·clip(r, 1 - ε_low, 1 + ε_high)), and for A < 0 also min(L, -A·c).

@@ -1,4 +1,4 @@
-"""Hierarchical, difficulty-aware entropy reward (ARES_SPEC "Bucket targets", "Hierarchical entropy reward").
+"""Hierarchical, difficulty-aware entropy reward (docs/algorithm.md "Bucket targets", "Hierarchical entropy reward").
 
 The paper's λ_d formula is identically 0 (T_d is the batch mean), so this implements the shaping
 of the released code, which reproduces the paper's case study (Appendix M). Every constant is a
@@ -48,7 +48,7 @@ def entropy_shaping_reward(
     wrong_scale: Triple = (0.6, 0.8, 1.0),
     hard_under_scale: float = 0.5,
 ) -> torch.Tensor:
-    """R_entropy per sample (ARES_SPEC "Hierarchical entropy reward").
+    """R_entropy per sample (docs/algorithm.md "Hierarchical entropy reward").
 
     Args:
         n_hwe: [N] N_HE of each response.
@@ -95,7 +95,7 @@ def bucket_targets(
     momentum: float | None = None,
     min_count: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-bucket targets T_d (ARES_SPEC "Bucket targets", "The α controller").
+    """Per-bucket targets T_d (docs/algorithm.md "Bucket targets", "The α controller").
 
     T_d is the mean N_HE of the bucket-d responses in the batch, optionally EMA-smoothed:
     T_d <- (1 - μ)·T_d + μ·mean. A bucket with fewer than `min_count` responses in the batch
@@ -140,7 +140,7 @@ def reward_inversions(
     group_ids: torch.Tensor,
     bucket: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reward inversions per bucket (ARES_SPEC "The α controller"): groups in which some incorrect
+    """Reward inversions per bucket (docs/algorithm.md "The α controller"): groups in which some incorrect
     response's total reward is >= some correct response's, i.e. max R(wrong) >= min R(right).
 
     Only groups with both a correct and an incorrect response can invert; they are the

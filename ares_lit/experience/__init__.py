@@ -3,7 +3,7 @@
 No Lightning here: the engine, the grader, the difficulty tracker and the scorers are passed in,
 so every stage can be run and tested on hand-built tensors. `callbacks/rollout.py` is the
 Lightning side (it gathers these collaborators and calls `make_experience`). The stages, in order
-(ARES_SPEC "AEPO"):
+(docs/algorithm.md "AEPO"):
 
     groups.py    sample_groups → grade_groups → assign_group_buckets → drop_uninformative,
                  with refill rounds: collect_groups

@@ -1,5 +1,5 @@
-"""Entropy-aware branching rollouts, phase 2 of a round (ARES_SPEC "Entropy-aware branching
-rollouts", paper §3.2.1; issue #14; README "Branching rollouts").
+"""Entropy-aware branching rollouts, phase 2 of a round (docs/algorithm.md "Entropy-aware branching
+rollouts", paper §3.2.1; issue #14; docs/rollout.md "Branching rollouts").
 
 A round with branching runs
 

@@ -14,8 +14,8 @@ BRANCH_ADVANTAGES = ("flat", "tree")
 
 @dataclass
 class BranchingConfig:
-    """Entropy-aware branching rollouts (ARES_SPEC "Entropy-aware branching rollouts", paper
-    §3.2.1; README "Branching rollouts"). Off unless `RolloutCallback(branching=...)` is set.
+    """Entropy-aware branching rollouts (docs/algorithm.md "Entropy-aware branching rollouts", paper
+    §3.2.1; docs/rollout.md "Branching rollouts"). Off unless `RolloutCallback(branching=...)` is set.
 
     Phase 1 samples `initial_n` responses per prompt; the trainer's policy pass scores them (old
     log-probs and exact entropy, kept for the update). Window entropy and τ are the HWE ones. Each

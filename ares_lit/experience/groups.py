@@ -1,6 +1,6 @@
 """Sample, grade, bucket and filter prompt groups: the first half of an AEPO step.
 
-ARES_SPEC "Online difficulty buckets" and "Group filter (DAPO dynamic sampling)". Plain code, no
+docs/algorithm.md "Online difficulty buckets" and "Group filter (DAPO dynamic sampling)". Plain code, no
 Lightning. The collaborators are passed in:
 
 - `engine`: a `RolloutEngine` (vLLM, HF generate, or a scripted one in tests);
@@ -117,7 +117,7 @@ def grade_responses(
     format_weight: float = 0.0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """R_acc and R_format per response (ARES_SPEC "Hierarchical entropy reward": R = R_acc + ...).
+    """R_acc and R_format per response (docs/algorithm.md "Hierarchical entropy reward": R = R_acc + ...).
 
     A user `reward_fn(texts, golds)` (floats, or dicts with "accuracy" and optionally "format")
     replaces the `grader` (math-verify, `grader.grade(text, gold)`), and is called once per round.
@@ -159,7 +159,7 @@ def grade_groups(groups: list[PromptGroup], grade: Grade) -> None:
 
 
 def assign_group_buckets(tracker, groups: list[PromptGroup]) -> None:
-    """Difficulty bucket per group from its mean accuracy only (ARES_SPEC "Online difficulty buckets").
+    """Difficulty bucket per group from its mean accuracy only (docs/algorithm.md "Online difficulty buckets").
 
     Runs right after grading, before any shaped reward is computed (the released code shaped first,
     with every sample defaulted to "easy"). The tracker also records the prompt's history.
@@ -173,7 +173,7 @@ def assign_group_buckets(tracker, groups: list[PromptGroup]) -> None:
 
 
 def drop_uninformative(groups: list[PromptGroup], low: float, high: float) -> list[PromptGroup]:
-    """The groups whose mean accuracy is strictly inside (low, high), in order (ARES_SPEC "Group
+    """The groups whose mean accuracy is strictly inside (low, high), in order (docs/algorithm.md "Group
     filter"): all right or all wrong carries no GRPO signal."""
     if not groups:
         return []
@@ -197,7 +197,7 @@ def collect_groups(
 ) -> CollectedGroups:
     """Sample → grade → buckets → filter, then refill dropped groups with fresh prompts.
 
-    ARES_SPEC "Group filter (DAPO dynamic sampling)": up to `cfg.max_refill_tries` rounds of
+    docs/algorithm.md "Group filter (DAPO dynamic sampling)": up to `cfg.max_refill_tries` rounds of
     `refill(k)` prompts; every round's groups are bucketed,
     kept ones are appended in order, and the result is cut to `len(prompts)` groups. The buckets
     of dropped groups are recorded by the tracker too (they are real observations of the prompt).

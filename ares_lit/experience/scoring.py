@@ -1,6 +1,6 @@
 """Pad the kept groups into trainer tensors and score them: old log-probs, exact entropy, reference.
 
-ARES_SPEC "Token entropy": H_t comes from the trainer-side forward pass that already yields the old
+docs/algorithm.md "Token entropy": H_t comes from the trainer-side forward pass that already yields the old
 log-probs. Scoring is a callable, so this file needs no model:
 
     score(input_ids, attention_mask, response_len, temperature, with_entropy, multimodal)
@@ -123,7 +123,7 @@ def score_rollouts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Old log-probs and exact token entropy H_t (policy, one pass), and reference log-probs.
 
-    ARES_SPEC "Token entropy" (exact, fp32, at the sampling temperature) and "Dynamic KL" (the
+    docs/algorithm.md "Token entropy" (exact, fp32, at the sampling temperature) and "Dynamic KL" (the
     frozen reference). Always calls the scorers, also with N = 0 rows: they are collectives.
     With `score_policy=None` the policy pass is skipped and `engine_values` (the engine's own
     log-probs and entropy, padded like the rows; only when they are the trainer's values) stand in.

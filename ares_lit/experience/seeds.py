@@ -1,4 +1,4 @@
-"""Sampling seeds that never repeat within a run (ARES_SPEC "AEPO"; issue 12).
+"""Sampling seeds that never repeat within a run (docs/algorithm.md "AEPO"; issue 12).
 
 Sample j of prompt i in refill round r of rollout step s on rank k gets
 

@@ -1,6 +1,6 @@
 """From scored rollouts to advantages: τ, HWE tokens and windows, T_d and α_d, shaped reward.
 
-The AEPO stages of ARES_SPEC after scoring, in the order the step runs them. The equations live
+The AEPO stages of docs/algorithm.md after scoring, in the order the step runs them. The equations live
 in `ares_lit.core`; these functions wire them to the step's collaborators and collectives:
 
 - `hwe_threshold_step`: τ from every rank's q_i (one all-gather);
@@ -34,12 +34,12 @@ __all__ = ["hwe_threshold_step", "hwe_tokens", "bucket_controllers", "shaped_rew
 
 
 def hwe_threshold_step(hwe: HWEThreshold, win: torch.Tensor, valid: torch.Tensor) -> tuple[float, float | None]:
-    """τ_batch and the (optionally EMA-smoothed) τ (ARES_SPEC "HWE threshold").
+    """τ_batch and the (optionally EMA-smoothed) τ (docs/algorithm.md "HWE threshold").
 
     q_i is the quantile of response i's window entropies; τ_batch is the mean (or median) of the q_i
     of every rank's responses, gathered, so all ranks mark HWE tokens alike. A collective.
 
-    Only responses with at least `hwe.min_windows` valid windows vote (ARES_SPEC, short responses).
+    Only responses with at least `hwe.min_windows` valid windows vote (docs/algorithm.md, short responses).
 
     Returns:
         (τ_batch, nan without any voter; τ after the update, None until the first finite τ_batch;
@@ -60,7 +60,7 @@ def hwe_tokens(
     trigger_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """HWE tokens m_{i,t} = 1[H̄_{i,t:w} >= τ], N_HE,i = Σ_t m_{i,t}, and the validated windows
-    [t, t+w-1] (ARES_SPEC "HWE tokens"). With `trigger_ids`, the *sampled* token at t
+    [t, t+w-1] (docs/algorithm.md "HWE tokens"). With `trigger_ids`, the *sampled* token at t
     (`response_ids`) must also be a trigger word. A nan τ marks nothing.
 
     Returns:
@@ -76,7 +76,7 @@ def hwe_tokens(
 
 
 def bucket_controllers(tracker, n_hwe: torch.Tensor, bucket: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """T_d and α_d for THIS step's reward (ARES_SPEC "Bucket targets", "Hierarchical entropy reward").
+    """T_d and α_d for THIS step's reward (docs/algorithm.md "Bucket targets", "Hierarchical entropy reward").
 
     The tracker folds the step's N_HE in (T_d = mean N_HE of bucket d; α_d moves against the
     previous T_d) and returns the new T_d and the α_d from before the update. A collective under
@@ -101,7 +101,7 @@ def shaped_reward(
     format_weight: float = 0.0,
     shaping: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """R = R_acc + R_entropy (+ w_fmt·R_format) per response (ARES_SPEC "Hierarchical entropy reward").
+    """R = R_acc + R_entropy (+ w_fmt·R_format) per response (docs/algorithm.md "Hierarchical entropy reward").
 
     R_entropy uses each response's bucket target T_d and scale α_d (`targets[bucket]`,
     `alpha[bucket]`); a response counts as correct when its accuracy is >= 0.5.
@@ -120,7 +120,7 @@ def shaped_reward(
 
 def group_advantages(reward: torch.Tensor, group_ids: torch.Tensor, estimator: str = "grpo") -> torch.Tensor:
     """A_i from the rewards of each prompt's group, by the registered estimator's name
-    (ARES_SPEC "Advantages": grpo, drgrpo, rloo)."""
+    (docs/algorithm.md "Advantages": grpo, drgrpo, rloo)."""
     return get_advantage_estimator(estimator)(reward, group_ids.to(reward.device))
 
 

@@ -1,4 +1,4 @@
-"""AEPOModule: the ARES RL stage's losses and update (ARES_SPEC "AEPO").
+"""AEPOModule: the ARES RL stage's losses and update (docs/algorithm.md "AEPO").
 
 The rollout callback fills `batch["rollout"]` (a `RolloutBatch`) before `training_step`; the
 module then runs PPO-style updates over mini-batches and micro-batches:

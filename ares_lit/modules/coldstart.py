@@ -1,4 +1,4 @@
-"""AdaptiveColdstartModule: the ARES cold-start SFT stage (ARES_SPEC "AdaCS").
+"""AdaptiveColdstartModule: the ARES cold-start SFT stage (docs/algorithm.md "AdaCS").
 
 Loss, per batch (token-mean over the response tokens of the batch; the prompt carries no loss):
 

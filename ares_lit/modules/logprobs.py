@@ -188,7 +188,7 @@ def response_logprobs(
                     ents.append(entropy_from_log_probs(lsm))
             continue
         # No gradient: one fp32 log-softmax per chunk gives both the log-probs and the exact entropy
-        # (ARES_SPEC "Token entropy", over the full vocabulary; banned tokens are -inf and add 0).
+        # (docs/algorithm.md "Token entropy", over the full vocabulary; banned tokens are -inf and add 0).
         lsm = _logits(head, hc, temperature, banned).log_softmax(-1)
         logps.append(lsm.gather(-1, tc.unsqueeze(-1)).squeeze(-1))
         if with_entropy:

@@ -1,4 +1,4 @@
-"""`python -m ares_lit.tools.ablate`: the ARES ablation in miniature (README "Ablation"; issue #15).
+"""`python -m ares_lit.tools.ablate`: the ARES ablation in miniature (docs/ablation.md; issue #15).
 
     python -m ares_lit.tools.ablate --output_dir runs/ablation            # the measured setting
     python -m ares_lit.tools.ablate --output_dir /tmp/abl --quick          # 1 step per arm, tiny model
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ARMS = ("grpo", "dynamic_kl", "entropy_shaping", "aepo")
 LEVELS = ("easy", "medium", "hard")
 
-# The measured setting (README "Ablation"), applied on top of configs/aepo.yaml + the arm's overlay:
+# The measured setting (docs/ablation.md), applied on top of configs/aepo.yaml + the arm's overlay:
 # dotted keys (`rollout.n`, `model.init_args.lr`); `callbacks.<ClassName>.<arg>` addresses an entry of
 # trainer.callbacks by class (`callbacks.RolloutCallback.<arg>` means `rollout.<arg>`).
 SETTINGS: dict[str, dict] = {
@@ -176,7 +176,7 @@ def evaluate(name: str, model_path: str, config: dict, eval_cfg: dict, out: Path
 
 
 # Per-step TensorBoard curves kept in ablation.json: training accuracy and length per bucket, and the
-# α controller and τ (README "The α controller and τ") for the controllers table.
+# α controller and τ (docs/stages.md "The α controller and τ") for the controllers table.
 CURVE_SUFFIXES = ("/accuracy", "/response_length", "/alpha", "/target", "/setpoint", "/n_hwe", "/reward_inversions")
 CURVE_TAGS = ("hwe/threshold", "hwe/voters")
 
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["wall_seconds_this_invocation"] = time.perf_counter() - started
     result["fit_seconds_total"] = sum(x["fit_seconds"] for a in result["arms"].values() for x in a["seeds"])
     (out / "ablation.json").write_text(json.dumps(result, indent=1))
-    table = summarize(result) + "\nControllers (mean over seeds; README \"The α controller and τ\"):\n\n" + controller_table(result)
+    table = summarize(result) + "\nControllers (mean over seeds; docs/stages.md, \"The α controller and τ\"):\n\n" + controller_table(result)
     (out / "ablation.md").write_text(table)
     figure(result, out / "ablation.png")
     print(table, flush=True)

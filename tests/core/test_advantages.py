@@ -1,4 +1,4 @@
-"""GRPO, Dr.GRPO and RLOO advantages (ARES_SPEC "Advantages")."""
+"""GRPO, Dr.GRPO and RLOO advantages (docs/algorithm.md "Advantages")."""
 
 import statistics
 

@@ -1,4 +1,4 @@
-"""Online difficulty buckets and the group filter (ARES_SPEC "Online difficulty buckets", "Group filter")."""
+"""Online difficulty buckets and the group filter (docs/algorithm.md "Online difficulty buckets", "Group filter")."""
 
 import pytest
 import torch

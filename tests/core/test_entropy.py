@@ -1,4 +1,4 @@
-"""Token entropy and window entropy (ARES_SPEC "Token entropy", "Window entropy")."""
+"""Token entropy and window entropy (docs/algorithm.md "Token entropy", "Window entropy")."""
 
 import math
 import subprocess

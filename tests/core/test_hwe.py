@@ -1,4 +1,4 @@
-"""HWE threshold, tokens and windows (ARES_SPEC "HWE threshold", "HWE tokens")."""
+"""HWE threshold, tokens and windows (docs/algorithm.md "HWE threshold", "HWE tokens")."""
 
 import math
 
@@ -82,7 +82,7 @@ def test_tau_batch_from_quantiles_uses_configured_statistic():
 
 
 def test_short_responses_do_not_vote_on_tau_but_are_still_marked():
-    """ARES_SPEC "HWE threshold τ" (2026-12-04): fewer than 8 valid windows give no q_i; 0 is the paper."""
+    """docs/algorithm.md "HWE threshold τ" (2026-12-04): fewer than 8 valid windows give no q_i; 0 is the paper."""
     win = torch.zeros(3, 12)
     valid = torch.zeros(3, 12, dtype=torch.bool)
     win[0, :10], valid[0, :10] = torch.arange(10.0), True  # 10 windows: q95 = 8.55

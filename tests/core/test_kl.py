@@ -1,4 +1,4 @@
-"""KL estimators and the dynamic KL controller (ARES_SPEC "Dynamic KL")."""
+"""KL estimators and the dynamic KL controller (docs/algorithm.md "Dynamic KL")."""
 
 import math
 

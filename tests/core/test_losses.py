@@ -1,4 +1,4 @@
-"""Loss aggregation, the policy-loss registry and its losses (ARES_SPEC "Policy loss")."""
+"""Loss aggregation, the policy-loss registry and its losses (docs/algorithm.md "Policy loss")."""
 
 import math
 

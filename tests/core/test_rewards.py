@@ -1,4 +1,4 @@
-"""Hierarchical entropy reward, bucket targets and α updates (ARES_SPEC "Hierarchical entropy reward")."""
+"""Hierarchical entropy reward, bucket targets and α updates (docs/algorithm.md "Hierarchical entropy reward")."""
 
 import math
 

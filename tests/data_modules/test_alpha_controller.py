@@ -1,4 +1,4 @@
-"""The α controller (ARES_SPEC "The α controller", corrected 2026-12-04): the tests that would have
+"""The α controller (docs/algorithm.md "The α controller", corrected 2026-12-04): the tests that would have
 caught the drift of the 2026-11-30 rule, and the log_ratio default's hand values.
 
 The stationary process is the issue's: 3 buckets, 4-12 responses of each per batch, zero-inflated
@@ -57,7 +57,7 @@ def test_default_controller_stays_at_alpha0_on_average_under_stationary_nhe(rate
 
     Up to half zeros: beyond, the batch mean is so noisy that Jensen's inequality
     (E ln(1 + m) < ln(1 + E m)) biases α_hard up by 0.07-0.1 at 60-70% zeros; a bias, constant
-    in time, not a drift, and `target_momentum` removes it (README "The α controller")."""
+    in time, not a drift, and `target_momentum` removes it (docs/stages.md "The α controller and τ")."""
     alpha = runs({}, rates, zero_prob, seeds=16)[:, 10:]
     assert (alpha.mean(dim=(0, 1)) - 0.5).abs().max() <= 0.1, (rates, zero_prob, alpha.mean(dim=(0, 1)))
 

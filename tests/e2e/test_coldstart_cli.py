@@ -1,5 +1,5 @@
-"""End to end: `python -m ares_lit fit --config configs/coldstart.yaml` on a tiny random Qwen2, then
-the exported folder as the AEPO stage's model (a one-step AEPO run with the HF engine).
+"""End to end: `python -m ares_lit fit --config configs/coldstart.yaml` on a tiny random Qwen2. (The
+exported folder as the AEPO stage's model: tests/e2e/test_quickstart.py runs the README's chain.)
 
 Real parts throughout: the CLI, the Trainer, the curation (grading included), the tiny HF model,
 the TensorBoard event files, which are read back, and the exported HF folder.
@@ -14,7 +14,6 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.e2e.aepo_overlay import write_overlay
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +58,7 @@ data:
     return overlay
 
 
-def test_coldstart_fit_then_aepo_loads_the_export(tmp_path):
+def test_coldstart_fit_curates_trains_validates_and_exports(tmp_path):
     res = run(tmp_path, "configs/coldstart.yaml", "--config", str(coldstart_overlay(tmp_path)))
     assert res.returncode == 0, res.stderr[-4000:]
     assert "cold-start curation: 40 selected" in res.stdout
@@ -88,19 +87,6 @@ def test_coldstart_fit_then_aepo_loads_the_export(tmp_path):
     AutoModelForCausalLM.from_pretrained(export)
     assert AutoTokenizer.from_pretrained(export).chat_template
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
-
-    # The chained command: the AEPO stage trains one step from the cold-start folder.
-    aepo = tmp_path / "aepo"
-    aepo.mkdir()
-    res = run(aepo, "configs/aepo.yaml", "--config", str(write_overlay(aepo, "hf", steps=1)),
-              f"--model.init_args.model_path={export}")
-    assert res.returncode == 0, res.stderr[-4000:]
-    aepo_run = next((aepo / "runs" / "aepo").glob("version_*"))
-    acc = EventAccumulator(str(aepo_run))
-    acc.Reload()
-    assert len(acc.Scalars("train/pg_loss")) == 1
-    hparams = (aepo_run / "hparams.yaml").read_text()
-    assert str(export) in hparams
 
 
 def test_pool_without_usable_rows_fails_before_the_model_loads(tmp_path):

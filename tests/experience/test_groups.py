@@ -1,4 +1,4 @@
-"""Sampling, grading, buckets and the group filter (ARES_SPEC "Online difficulty buckets", "Group filter").
+"""Sampling, grading, buckets and the group filter (docs/algorithm.md "Online difficulty buckets", "Group filter").
 
 Plain code on hand-built objects, without Lightning. The engine is a scripted one (fixed
 completions per prompt, tests/experience/fakes.py), so each test decides which groups are all

@@ -1,5 +1,5 @@
 """The experience pipeline after grading: T_d and α_d in the reward, KL_d for the controller, and one
-code path for a rank without groups (ARES_SPEC "Bucket targets", "Hierarchical entropy reward",
+code path for a rank without groups (docs/algorithm.md "Bucket targets", "Hierarchical entropy reward",
 "Dynamic KL").
 
 Plain code on hand-built tensors and objects, without Lightning. The engine is a scripted one
@@ -67,7 +67,7 @@ def test_the_reward_uses_this_steps_targets_and_the_alphas_from_before_the_step(
 
 
 def test_shaped_reward_reproduces_the_case_study():
-    """ARES_SPEC: at α = 0.5, T = 28, a correct easy answer with N_HE = 51 gets -0.5."""
+    """docs/algorithm.md: at α = 0.5, T = 28, a correct easy answer with N_HE = 51 gets -0.5."""
     reward, r_ent = shaped_reward(
         torch.tensor([1.0]), torch.zeros(1), torch.tensor([51.0]), torch.tensor([EASY]),
         torch.tensor([28.0, 0.0, 0.0]), torch.tensor([0.5, 0.0, 0.0]),
