@@ -2,8 +2,24 @@
 
     python -m ares_lit.evaluate --model_path builtin:smollm2-135m-instruct --data builtin:math \\
         --n 8 --k 1,4,8 --engine vllm --output_dir runs/eval/smollm2
+    python -m ares_lit.evaluate --like_run runs/aepo/version_0 --output_dir runs/eval/aepo
     python -m ares_lit.evaluate --model_path runs/aepo/version_0/hf_model \\
         --baseline_path builtin:smollm2-135m-instruct --data builtin:math --n 8 --output_dir runs/eval/aepo
+
+One evaluation setting. `--like_run DIR` evaluates as the training run in DIR (a Lightning log
+folder such as runs/aepo/version_0, holding the config.yaml LightningCLI saved) validated: its
+`model.init_args.validation` sampling and grading (n, k, temperature, top_p, top_k, max_tokens,
+seed, answer_fallback, grade_timeout), its prompt suffix and system prompt, its exported model
+(`--model_path` default: `model.init_args.export_dir`, else DIR/hf_model, else DIR/huggingface) and,
+without `--data`, its held-out problems (`data.init_args.val_path`, first `val_size`, as `--limit`,
+with the run's column keys and prompt-length limit). A `--model_path` folder exported from a run
+(its ares_export.json names the run's folder), or directly inside a run folder (DIR/hf_model,
+DIR/huggingface) or its checkpoints/, implies `--like_run DIR`; `--no_like_run` turns that off. A flag on the command line always wins over the run; the run wins
+over evaluate's defaults. Without a run, the defaults are those of validation during fit in the
+embedded configs (configs/aepo.yaml, configs/coldstart.yaml): temperature 0.7, top_p 1.0,
+top_k -1, max_tokens 128, answer_fallback last_number, n 4. The first lines printed name every
+setting's value and source (command line, run, default); metrics.json has them as
+`config.sources`. Details: `ares_lit/evaluation/like_run.py`.
 
 Each problem is sampled `--n` times with the rollout engines and graded with the training grader
 (`ares_lit/evaluation/runner.py`). `--baseline_path` evaluates a second model on the same
@@ -32,13 +48,14 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from ares_lit.evaluation.like_run import DEFAULTS, resolve, settings_header
 from ares_lit.evaluation.metrics import summarize, valid_ks
 from ares_lit.evaluation.runner import EvalSettings, evaluate_batches
 from ares_lit.evaluation.sources import check_columns, check_sources, load_problems, parse_source
 from ares_lit.evaluation.store import SampleStore
 from ares_lit.prompting import ARES_PROMPT_SUFFIX
 
-__all__ = ["main", "run"]
+__all__ = ["main", "parse_args", "run"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,39 +64,69 @@ def _parser() -> argparse.ArgumentParser:
         description="Sample, grade and report accuracy (avg@n, pass@k, maj@k) and response length, by source and level.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model_path", required=True, help="the model: an HF folder (e.g. an export), a builtin:* model, or a hub name")
+    p.add_argument("--model_path", default=None,
+                   help="the model: an HF folder (e.g. an export), a builtin:* model, or a hub name; with --like_run: the "
+                        "run's export. A run's export (<run>/hf_model, or a folder whose ares_export.json names the run) implies "
+                        "--like_run <run>")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--like_run", default=None, metavar="DIR",
+                     help="evaluate as the training run in DIR (e.g. runs/aepo/version_0, holding config.yaml) validated: "
+                          "its validation sampling and grading, prompt, exported model and held-out data, for every "
+                          "option not given here")
+    run.add_argument("--no_like_run", action="store_true",
+                     help="do not take the settings of the run folder around --model_path")
     p.add_argument("--baseline_path", default=None, help="a second model, evaluated on the same problems with the same seeds")
-    p.add_argument("--data", action="append", required=True, metavar="SOURCE",
+    p.add_argument("--data", action="append", default=None, metavar="SOURCE",
                    help="a .jsonl/.json/.parquet file, a datasets name, builtin:math or builtin:visual (their held-out "
-                        "test splits), or a JSON object {\"path\": ..., \"name\": ..., \"question_key\": ...}; repeat for several")
+                        "test splits), or a JSON object {\"path\": ..., \"name\": ..., \"question_key\": ...}; repeat for several; "
+                        "with --like_run: the run's held-out data")
     p.add_argument("--question_key", default="question", help="column of the question text")
     p.add_argument("--answer_key", default="answer", help="column of the gold answer")
     p.add_argument("--image_key", default=None, help="column of each row's images (VL models); builtin:visual sets it")
     p.add_argument("--id_key", default=None, help="column of a stable problem id (default: a hash of question and answer)")
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N usable problems of each source (0 = all)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="evaluate only the first N usable problems of each source (0 = all); with the run's data: its val_size")
     p.add_argument("--split", default="test", help="split of a datasets name, or the key of a {split: [...]} .json file")
     p.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="rollout engine")
     p.add_argument("--engine_kwargs", default="{}", help="JSON of extra engine arguments, e.g. '{\"kv_cache_gb\": 2}'")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="weights dtype; auto = bfloat16 on CUDA, float32 on the CPU")
-    p.add_argument("--n", type=int, default=4, help="samples per problem")
-    p.add_argument("--k", default=None, help="comma-separated ks of pass@k and maj@k, each <= n (default: 1 and n)")
-    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature; 0 = greedy")
-    p.add_argument("--top_p", type=float, default=0.95, help="nucleus mass; 1 is off")
-    p.add_argument("--top_k", type=int, default=-1, help="top-k; -1 is off")
-    p.add_argument("--max_tokens", type=int, default=256, help="response budget in tokens")
-    p.add_argument("--max_prompt_length", type=int, default=1024, help="prompts longer than this (tokens) are skipped and counted")
-    p.add_argument("--seed", type=int, default=0, help="base seed: problem p, sample j uses seed + p*n + j")
+    p.add_argument("--n", type=int, default=DEFAULTS["n"], help="samples per problem")
+    p.add_argument("--k", default=DEFAULTS["k"], help="comma-separated ks of pass@k and maj@k, each <= n (default: 1 and n)")
+    p.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="sampling temperature; 0 = greedy")
+    p.add_argument("--top_p", type=float, default=DEFAULTS["top_p"], help="nucleus mass; 1 is off")
+    p.add_argument("--top_k", type=int, default=DEFAULTS["top_k"], help="top-k; -1 is off")
+    p.add_argument("--max_tokens", type=int, default=DEFAULTS["max_tokens"], help="response budget in tokens")
+    p.add_argument("--max_prompt_length", type=int, default=1024,
+                   help="prompts longer than this (tokens) are skipped and counted; with the run's data: the run's limit")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="base seed: problem p, sample j uses seed + p*n + j")
     p.add_argument("--batch_size", type=int, default=16, help="problems per engine call (the unit of resuming)")
-    p.add_argument("--answer_fallback", choices=("none", "last_number"), default="none",
+    p.add_argument("--answer_fallback", choices=("none", "last_number"), default=DEFAULTS["answer_fallback"],
                    help="none: only \\boxed{} answers count (ARES); last_number: grade an unboxed response on its last number")
-    p.add_argument("--grade_timeout", type=float, default=5.0, help="seconds of grading per answer")
+    p.add_argument("--grade_timeout", type=float, default=DEFAULTS["grade_timeout"], help="seconds of grading per answer")
     p.add_argument("--prompt_suffix", default=ARES_PROMPT_SUFFIX, help="text appended to every question; '' for none")
     p.add_argument("--system_prompt", default=None, help="an optional system message")
     p.add_argument("--output_dir", required=True, help="where samples, metrics, table, figure and TensorBoard logs go")
     p.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds another evaluation")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
+
+
+def _given(argv: list[str] | None) -> set[str]:
+    """The options set on the command line (a parse in which no option has a default)."""
+    parser = _parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The options of `argv`, completed from the run (`--like_run`, or the run folder around
+    `--model_path`) where not given, with `like_run` (the run used) and `sources` (per option:
+    "command line", "run" or "default"). Raises ValueError for a bad run folder."""
+    args = (parser or _parser()).parse_args(argv)
+    resolve(args, _given(argv))
+    return args
 
 
 def _ks(text: str | None, n: int) -> list[int]:
@@ -234,10 +281,18 @@ def _evaluate_model(args, label: str, model_path: str, sources, settings, engine
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Evaluate (and resume) as `args` say; returns the metrics.json dict."""
+    """Evaluate (and resume) as `args` say; returns the metrics.json dict.
+
+    `args` comes from `parse_args`; in a Namespace made otherwise, every option that is not None
+    counts as given, and only the None ones (`model_path`, `data`, ...) are taken from a run."""
     from ares_lit.evaluation.report import flat_scalars, markdown_table, plot_by_level, write_tensorboard
 
+    if not hasattr(args, "sources"):  # a Namespace made by hand: what it sets counts as given
+        resolve(args, {k for k, v in vars(args).items() if v is not None and k != "like_run"})
     settings, ks, sources, engine_kwargs = _check(args)
+    if args.like_run:
+        print(f"[ares_lit] evaluating like the run {args.like_run} (command-line flags win over it)", flush=True)
+    print(settings_header(args, ks), flush=True)
     out = Path(args.output_dir)
     models = [("model", args.model_path, out)]
     if args.baseline_path:
@@ -290,9 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     from ares_lit.vision import ImageError
 
     parser = _parser()
-    args = parser.parse_args(argv)
     try:
-        run(args)
+        run(parse_args(argv, parser))
     except (ImageError, ValueError, OSError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     sys.stdout.flush()

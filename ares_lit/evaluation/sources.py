@@ -8,6 +8,12 @@ skipped and counted exactly as in training, and images work the same way. `built
 `builtin:visual` mean their held-out *test* splits here (`builtin:math:test`): problems drawn
 from a part of the problem space that the training split never draws from (see
 `data_modules/builtin_math.py`). Rows without a `source` column get the source's name.
+
+A JSON source may also carry the DataModule settings of a training run (`--like_run` writes them):
+`builtin_seed` / `builtin_size` (the bundled generators), and `val_size` with `seed`: the
+hold-out that `PromptDataModule` takes out of `path` when a run has no `val_path` (the same rows,
+drawn the same way; a builtin `path` then means its training split, whose hold-out was never
+trained on).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ __all__ = ["Source", "parse_source", "check_columns", "check_sources", "load_pro
 
 _TEST_SPLITS = {"builtin:math": "builtin:math:test", "builtin:visual": "builtin:visual:test"}
 _KEYS = ("question_key", "answer_key", "image_key", "id_key", "split")
+_OPTIONS = ("builtin_seed", "builtin_size", "val_size", "seed")  # PromptDataModule settings of a run's held-out data
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Source:
     id_key: str | None = None
     split: str = "test"
     options: dict = field(default_factory=dict)
+    """PromptDataModule arguments (`_OPTIONS`); `val_size` means: the rows it holds out of `path`."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -49,23 +57,28 @@ def parse_source(spec: str, defaults: dict[str, Any]) -> Source:
             obj = json.loads(spec)
         except json.JSONDecodeError as err:
             raise ValueError(f"--data {spec!r} starts with '{{' but is not valid JSON: {err}") from err
-        unknown = set(obj) - {"path", "name", *_KEYS}
+        unknown = set(obj) - {"path", "name", *_KEYS, *_OPTIONS}
         if "path" not in obj or unknown:
             raise ValueError(
-                f"--data JSON needs 'path' and may have 'name', {', '.join(_KEYS)}; got keys {sorted(obj)}"
+                f"--data JSON needs 'path' and may have 'name', {', '.join(_KEYS + _OPTIONS)}; got keys {sorted(obj)}"
             )
-        values.update({k: v for k, v in obj.items() if k != "path" and k != "name"})
+        options = {k: obj[k] for k in _OPTIONS if k in obj}
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in options.values()):
+            raise ValueError(f"--data JSON: {', '.join(_OPTIONS)} must be integers; got {options}")
+        values.update({k: obj[k] for k in _KEYS if k in obj})
         path = str(obj["path"])
         name = str(obj.get("name") or (Path(path).name if Path(path).suffix else path))
     else:
-        path, name = spec, spec
+        path, name, options = spec, spec, {}
         if Path(spec).suffix.lower() in (".json", ".jsonl", ".parquet"):
             name = Path(spec).name  # a file's name, not its folder, labels its rows
+    if options.get("val_size"):  # a run's hold-out of its training source: never trained on
+        return Source(path=path, name=name, options=options, **{k: values[k] for k in _KEYS if k in values})
     if path in ("builtin:math:train", "builtin:visual:train"):
         raise ValueError(f"--data {path!r}: evaluate on the held-out test split ({path.rsplit(':', 1)[0]}), not on training data")
     path = _TEST_SPLITS.get(path, path)
     name = name if name not in _TEST_SPLITS.values() else name.rsplit(":", 1)[0]
-    return Source(path=path, name=name, **{k: values[k] for k in _KEYS if k in values})
+    return Source(path=path, name=name, options=options, **{k: values[k] for k in _KEYS if k in values})
 
 
 def check_sources(sources: list[Source]) -> None:
@@ -81,6 +94,7 @@ def check_sources(sources: list[Source]) -> None:
 def _datamodule(source: Source, tokenizer_path: str, max_prompt_length: int, builtin_seed: int, **prompting):
     from data_modules.prompts import PromptDataModule
 
+    options = {"builtin_seed": builtin_seed, **source.options}
     return PromptDataModule(
         path=source.path,
         tokenizer_path=tokenizer_path,
@@ -89,10 +103,10 @@ def _datamodule(source: Source, tokenizer_path: str, max_prompt_length: int, bui
         image_key=source.image_key,
         id_key=source.id_key,
         split=source.split,
-        builtin_seed=builtin_seed,
         max_prompt_length=max_prompt_length,
         batch_size=1,
         shuffle=False,
+        **options,
         **prompting,
     )
 
@@ -135,7 +149,8 @@ def load_problems(
             dm.setup("test")
         except (ValueError, FileNotFoundError) as err:
             raise _as_option_error(err) from err
-        for record in dm.train_records[: limit or None]:
+        records = dm.val_records if s.options.get("val_size") else dm.train_records
+        for record in records[: limit or None]:
             record["source"] = record.get("source") or s.name  # the row's `source` column, else the source's name
             problems.append(record)
         drops[s.name] = dict(dm.drop_counts)
