@@ -168,7 +168,7 @@ def evaluate(name: str, model_path: str, config: dict, eval_cfg: dict, out: Path
             "--n", str(eval_cfg["n"]), "--max_tokens", str(eval_cfg["max_tokens"]), "--limit", str(eval_cfg["limit"]),
             "--temperature", str(rc.get("temperature", 1.0)), "--top_p", str(rc.get("top_p", 1.0)),
             "--answer_fallback", rc.get("answer_fallback", "none"), "--engine", engine, "--seed", "0",
-            "--output_dir", str(eval_dir), "--no_progress",
+            "--output_dir", str(eval_dir), "--no_progress", "--no_like_run",
         ]  # fmt: skip
         print(f"[ablate] evaluate {name} ...", flush=True)
         _run(cmd, out / "eval" / f"{name}.log")

@@ -99,5 +99,5 @@ def test_every_quick_start_command_runs_on_the_tiny_model(tmp_path):
     assert yaml.safe_load((aepo / "config.yaml").read_text())["model"]["init_args"]["model_path"] == "runs/coldstart/hf_model"
     assert (aepo / "hf_model" / "config.json").exists()
     metrics = json.loads((tmp_path / "runs" / "eval" / "aepo" / "metrics.json").read_text())
-    assert Path(metrics["model_path"]).resolve() == (aepo / "hf_model").resolve(), metrics["model_path"]
+    assert (tmp_path / metrics["model_path"]).resolve() == (aepo / "hf_model").resolve(), metrics["model_path"]
     assert 0.0 <= metrics["overall"]["avg_at_n"] <= 1.0
