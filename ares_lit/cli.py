@@ -105,7 +105,10 @@ class AresCLI(LightningCLI):
         logger = self.trainer.logger
         log_dir = getattr(logger, "log_dir", None) if logger is not None else None
         if log_dir and not os.path.isdir(log_dir) and self.trainer.is_global_zero:
-            _STATE.new_log_dir = str(log_dir)
+            new = os.path.abspath(log_dir)  # and the parents it creates (runs/aepo on a first run)
+            while not os.path.isdir(os.path.dirname(new)) and os.path.dirname(new) != new:
+                new = os.path.dirname(new)
+            _STATE.new_log_dir = new
 
     before_validate = before_test = before_fit
 

@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split of a datasets name, or the key of a {split: [...]} .json file")
     p.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="rollout engine")
     p.add_argument("--engine_kwargs", default="{}", help="JSON of extra engine arguments, e.g. '{\"kv_cache_gb\": 2}'")
+    p.add_argument("--vllm_log_level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                   default="WARNING", help="vLLM's log level (INFO restores its start-up log; VLLM_LOGGING_LEVEL wins)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="weights dtype; auto = bfloat16 on CUDA, float32 on the CPU")
     p.add_argument("--n", type=int, default=DEFAULTS["n"], help="samples per problem")
@@ -170,6 +172,11 @@ def _check(args: argparse.Namespace) -> tuple[EvalSettings, list[int], list, dic
         raise ValueError(f"--data names must be distinct (give JSON sources a 'name'); got {names}")
     check_sources(sources)
     check_columns(sources, args.max_prompt_length)
+    from ares_lit.models.resolve import check_model_path
+
+    for path in (args.model_path, args.baseline_path):
+        if path is not None:
+            check_model_path(path)  # a wrong folder says so before any tokenizer loads
     return settings, ks, sources, engine_kwargs
 
 
@@ -218,6 +225,7 @@ def _engine(args, name: str, path: str, tokenizer, processor, max_model_len: int
         kwargs.setdefault("max_model_len", max_model_len)
         kwargs.setdefault("seed", args.seed)
         kwargs.setdefault("dtype", dtype)
+        kwargs.setdefault("log_level", args.vllm_log_level)
         return build_engine("vllm", model_path=path, **kwargs)
     kwargs.setdefault("dtype", dtype)
     return build_engine("hf", model_path=path, tokenizer=tokenizer, processor=processor, **kwargs)

@@ -19,6 +19,11 @@ which writes `D/huggingface`), instead of `--checkpoint`. D is one of
     `*.ckpt` (file or DeepSpeed folder), is exported to `D/huggingface`; the pick is printed.
 `--output_dir` overrides the `huggingface` default; with `--checkpoint` it is required.
 
+An output folder that is not empty is refused (before anything loads) unless `--overwrite` is
+given, which replaces it only when it holds a model (config.json or ares_export.json). The folder
+is written beside the target and renamed into place, and records its checkpoint and step in
+`ares_export.json`.
+
 Only load checkpoints you trust: Lightning checkpoints are pickles.
 """
 
@@ -31,7 +36,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["export_checkpoint", "load_checkpoint", "main", "resolve_local_dir"]
+__all__ = ["check_output_dir", "export_checkpoint", "load_checkpoint", "main", "resolve_local_dir"]
 
 _PREFIX = "policy."
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -91,25 +96,66 @@ def _policy_state_dict(checkpoint: Any, path: str) -> dict[str, torch.Tensor]:
     return policy
 
 
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse an output folder that is a file, or not empty (unless `overwrite` and it holds a model)."""
+    from ares_lit.modules.export import EXPORT_INFO
+
+    path = Path(output_dir).expanduser()
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise ValueError(f"the output folder {str(path)!r} is a file; choose another --output_dir")
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return
+    shown = ", ".join(entries[:6]) + (" …" if len(entries) > 6 else "")
+    is_model = "config.json" in entries or EXPORT_INFO in entries
+    if not overwrite:
+        what = "a model" if is_model else "files"
+        raise ValueError(
+            f"the output folder {str(path)!r} already holds {what} ({shown}); pass --overwrite to replace it, "
+            "or choose another --output_dir"
+        )
+    if not is_model:
+        raise ValueError(
+            f"the output folder {str(path)!r} holds no model ({shown}); --overwrite replaces only a model folder "
+            "(config.json or ares_export.json): choose another --output_dir"
+        )
+
+
+def _run_folder(checkpoint: Path) -> str | None:
+    """The run's log folder for `<log_dir>/checkpoints/<name>.ckpt` (Lightning's layout), else None."""
+    return str(checkpoint.parent.parent) if checkpoint.parent.name == "checkpoints" else None
+
+
 def export_checkpoint(
-    checkpoint: str | os.PathLike, output_dir: str | os.PathLike, model_path: str | None = None, dtype: str = "auto"
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    model_path: str | None = None,
+    dtype: str = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """Write the checkpoint's policy as an HF folder (weights, config, tokenizer, image processor).
 
     Args:
         checkpoint: a Lightning .ckpt file or a DeepSpeed checkpoint folder.
-        output_dir: the HF folder to write.
+        output_dir: the HF folder to write; a non-empty one is refused unless `overwrite` (check_output_dir).
         model_path: the run's model (folder, builtin or hub name); None = the checkpoint's hyper-parameters.
         dtype: weights dtype; "auto" = the run's `model.dtype` (float32 when unknown).
+        overwrite: replace a model folder already at `output_dir`.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
-
-    from ares_lit.models.resolve import resolve_model_path
-    from ares_lit.modules.export import export_hf
-    from ares_lit.vision import is_vision_language
+    from ares_lit.models.resolve import check_model_path, resolve_model_path
 
     if dtype not in _DTYPES:
         raise ValueError(f"--dtype must be one of {_DTYPES}; got {dtype!r}")
+    check_output_dir(output_dir, overwrite)  # before anything loads
+    if model_path:
+        check_model_path(str(model_path))
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
+
+    from ares_lit.modules.export import export_hf
+    from ares_lit.vision import is_vision_language
+
     ckpt = load_checkpoint(checkpoint)
     weights = _policy_state_dict(ckpt, str(checkpoint))
     hparams = ckpt.get("hyper_parameters") or {}
@@ -141,7 +187,11 @@ def export_checkpoint(
     except OSError:
         pass  # a model without generation_config.json: transformers' defaults
     tokenizer = AutoTokenizer.from_pretrained(source)
-    return export_hf(model, tokenizer, output_dir, "checkpoint's policy", state_dict=weights, source=source)
+    path = Path(checkpoint).expanduser()
+    info = {"checkpoint": str(path), "log_dir": _run_folder(path), "global_step": ckpt.get("global_step"),
+            "model_path": str(model_path), "source": str(source)}
+    return export_hf(model, tokenizer, Path(output_dir).expanduser(), "checkpoint's policy", state_dict=weights,
+                     source=source, info=info, existing="replace" if overwrite else "refuse")
 
 
 def _is_deepspeed_dir(path: Path) -> bool:
@@ -203,6 +253,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model_path", default=None, help="the run's model; default: the checkpoint's model.model_path")
     parser.add_argument("--dtype", default="auto", choices=_DTYPES, help="weights dtype; auto = the run's model.dtype")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a model already in the output folder (a non-empty folder is refused without it)")
     return parser
 
 
@@ -219,8 +271,8 @@ def main(argv: list[str] | None = None) -> None:
             if picked:
                 print(f"[ares_lit] --local_dir {args.local_dir}: exporting the checkpoint {checkpoint}", flush=True)
             output_dir = output_dir or default_output
-        export_checkpoint(checkpoint, output_dir, args.model_path, args.dtype)
-    except (FileNotFoundError, ValueError) as err:
+        export_checkpoint(checkpoint, output_dir, args.model_path, args.dtype, args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 

@@ -74,13 +74,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="weights dtype; auto = bfloat16 on CUDA, float32 on the CPU")
     p.add_argument("--max_model_len", type=int, default=None,
                    help="vllm: prompt + response limit; default: prompt + max_tokens, capped by the model")
+    p.add_argument("--vllm_log_level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                   default="WARNING", help="vllm: vLLM's log level (INFO shows its start-up lines and config dump); "
+                                           "VLLM_LOGGING_LEVEL, when set, wins")
     p.add_argument("--min_pixels", type=int, default=None, help="VL: lower bound of an image's area after resizing")
     p.add_argument("--max_pixels", type=int, default=None, help="VL: upper bound of an image's area after resizing")
     return p
 
 
 def _check(args: argparse.Namespace) -> None:
-    """Option errors, before anything loads."""
+    """Option errors and a model path that is not a model, before anything loads."""
+    from ares_lit.models.resolve import check_model_path
+
     if args.num_return_sequences < 1:
         raise ValueError(f"--num_return_sequences must be >= 1; got {args.num_return_sequences}")
     if args.max_tokens < 1:
@@ -94,6 +99,7 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--top_p must be in (0, 1]; got {args.top_p}")
     if args.top_k == 0 or args.top_k < -1:
         raise ValueError(f"--top_k must be -1 (off) or >= 1; got {args.top_k}")
+    check_model_path(args.model_path)
 
 
 def _vision_checks(args: argparse.Namespace, is_vl: bool) -> None:
@@ -111,6 +117,7 @@ def _vision_checks(args: argparse.Namespace, is_vl: bool) -> None:
 
 def run(args: argparse.Namespace) -> list:
     """Generate the responses for `args` (parsed by this module's parser); returns the `Completion`s."""
+    _check(args)
     from transformers import AutoConfig, AutoTokenizer
 
     from ares_lit.models.resolve import resolve_model_path
@@ -118,7 +125,6 @@ def run(args: argparse.Namespace) -> list:
     from ares_lit.rollout import SamplingConfig, build_engine
     from ares_lit.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, VisionProcessor, is_vision_language, load_image
 
-    _check(args)
     images = [load_image(p) for p in args.image_path]  # a missing or corrupt file fails here, before any model
     path = str(resolve_model_path(args.model_path))
     config = AutoConfig.from_pretrained(path)
@@ -139,7 +145,8 @@ def run(args: argparse.Namespace) -> list:
     if args.engine == "vllm":
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         max_len = args.max_model_len or min(len(prompt_ids) + args.max_tokens, text_config.max_position_embeddings)
-        engine = build_engine("vllm", model_path=path, dtype=dtype, max_model_len=max_len, seed=args.seed)
+        engine = build_engine("vllm", model_path=path, dtype=dtype, max_model_len=max_len, seed=args.seed,
+                              log_level=args.vllm_log_level)
     else:
         engine = build_engine("hf", model_path=path, tokenizer=tokenizer, dtype=dtype, processor=processor)
     sampling = SamplingConfig(

@@ -25,6 +25,7 @@ from ares_lit.experience.scoring import check_policy_scoring, reuse_engine_score
 from ares_lit.modules.scoring import in_precision
 from ares_lit.modules.zero import gathered_parameters, zero3_enabled
 from ares_lit.progress import report_phase
+from ares_lit.rollout.vllm_logs import check_vllm_log_level
 
 __all__ = ["RolloutCallback"]
 
@@ -80,6 +81,8 @@ class RolloutCallback(pl.Callback):
             cache (they are pushed every step anyway), 1 offloads the weights to host memory, 0 never
             sleeps. The engine wakes before the weight push and sleeps after the last generation of
             the step (and after validation); on the CPU it is a no-op, said once in the log.
+        vllm_log_level: vLLM's log level (DEBUG, INFO, WARNING, ERROR, CRITICAL); WARNING keeps its ~24
+            start-up lines and config dump off the console, INFO restores them; VLLM_LOGGING_LEVEL, if set, wins.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class RolloutCallback(pl.Callback):
         sleep_level: int = 2,
         policy_scoring: str = "auto",
         branching: BranchingConfig | None = None,
+        vllm_log_level: str = "WARNING",
     ) -> None:
         super().__init__()
         if n < 2:
@@ -142,6 +146,7 @@ class RolloutCallback(pl.Callback):
         self.policy_scoring = policy_scoring
         self.engine_name = engine
         self.engine_kwargs = dict(engine_kwargs or {})
+        self.vllm_log_level = check_vllm_log_level(vllm_log_level)
         self.max_new_tokens = max_new_tokens
         self.hwe = HWEThreshold(hwe_quantile, hwe_statistic, hwe_momentum, hwe_min_windows)
         self.trigger_filter = trigger_filter
@@ -285,6 +290,7 @@ class RolloutCallback(pl.Callback):
                 )
             kwargs.setdefault("dtype", pl_module.hparams.dtype)
             kwargs.setdefault("seed", self.seed)
+            kwargs.setdefault("log_level", self.vllm_log_level)
             self.engine = build_engine("vllm", model_path=pl_module.resolved_model_path, **kwargs)
         else:
             if zero3_enabled(trainer.strategy):

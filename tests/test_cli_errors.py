@@ -82,7 +82,7 @@ def test_a_failed_start_leaves_no_version_folder_and_a_failed_run_keeps_it(capsy
         main(["fit", *TINY, "--model.init_args.fail_at=fit_start"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "error: model.fail_at: failing at fit start as asked" in err and "Traceback" not in err
-    assert (tmp_path / "runs").is_dir() and not list((tmp_path / "runs").rglob("version_*"))  # SaveConfigCallback had made one
+    assert not (tmp_path / "runs").exists()  # SaveConfigCallback had made runs/lightning_logs/version_0
     # A failure after the first step is a crash, not a config error: traceback, and the run's folder stays.
     with pytest.raises(ValueError, match="failing at step 2"):
         main(["fit", *TINY, "--model.init_args.fail_at=step2"])
@@ -136,3 +136,10 @@ def test_a_config_listing_the_rollout_callback_under_trainer_callbacks_still_run
                 "--trainer.enable_progress_bar=false"], run=False)  # fmt: skip
     assert isinstance(cli.trainer.callbacks[0], RolloutCallback) and cli.trainer.callbacks[0].config.n == 3
     assert sum(isinstance(c, RolloutCallback) for c in cli.trainer.callbacks) == 1
+
+
+def test_a_model_path_that_is_not_a_model_folder_fails_before_any_tokenizer(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    text = _fails(capsys, "fit", "--config", AEPO, f"--model.init_args.model_path={tmp_path / 'empty'}")
+    assert "is not a model folder: has no config.json (it is empty)" in text and "builtin:tiny-qwen2" in text
+    assert "sentencepiece" not in text and not (tmp_path / "runs").exists()

@@ -231,3 +231,111 @@ def test_local_dir_errors_come_before_any_model_loads(tmp_path, capsys, monkeypa
     assert message in capsys.readouterr().err
     assert not cache.exists()
     assert not list(tmp_path.rglob("huggingface")) and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ previous exports are kept
+@pytest.fixture
+def tiny(shared_cache):
+    """The tiny model and tokenizer, loaded once per test (milliseconds)."""
+    from ares_lit.models.resolve import resolve_model_path
+
+    path = resolve_model_path("builtin:tiny-qwen2")
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def _fit_end_export(model, tokenizer, export_dir, log_dir, step):
+    """export_at_fit_end as a single-device run at `step` under `log_dir` calls it."""
+    from types import SimpleNamespace
+
+    from ares_lit.modules.export import export_at_fit_end
+
+    strategy = SimpleNamespace(barrier=lambda name: None)
+    trainer = SimpleNamespace(log_dir=str(log_dir), default_root_dir=str(log_dir), strategy=strategy,
+                              is_global_zero=True, global_step=step)
+    module = SimpleNamespace(trainer=trainer, policy=model, tokenizer=tokenizer, resolved_model_path=None,
+                             hparams={"model_path": "builtin:tiny-qwen2"})
+    export_at_fit_end(module, str(export_dir), "cold-start model")
+
+
+def test_fit_end_export_moves_a_previous_runs_export_aside(tmp_path, tiny, capsys, monkeypatch):
+    from ares_lit.modules.export import EXPORT_INFO, read_export_info
+
+    monkeypatch.chdir(tmp_path)
+    model, tokenizer = tiny
+    target = "runs/coldstart/hf_model"
+    _fit_end_export(model, tokenizer, target, "runs/coldstart/version_2", 24)
+    info = read_export_info(target)
+    assert (info["what"], info["module"], info["log_dir"], info["global_step"]) == (
+        "cold-start model", "SimpleNamespace", "runs/coldstart/version_2", 24)
+    assert info["ares_lit_version"] == "0.1.0" and info["time"][:2] == "20"
+    assert capsys.readouterr().out == f"[ares_lit] exported the cold-start model to {target}\n"
+
+    _fit_end_export(model, tokenizer, target, "runs/coldstart/version_3", 30)  # another run: the old one moves aside
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("[ares_lit] moved the previous export at runs/coldstart/hf_model (from runs/coldstart/version_2, "
+                      "step 24) to runs/coldstart/hf_model.1")
+    assert read_export_info(target)["global_step"] == 30 and read_export_info(f"{target}.1")["global_step"] == 24
+    _fit_end_export(model, tokenizer, target, "runs/coldstart/version_4", 5)  # the next free number
+    assert "to runs/coldstart/hf_model.2" in capsys.readouterr().out
+    _fit_end_export(model, tokenizer, target, "runs/coldstart/version_4", 6)  # the same run again: replaced
+    assert "moved" not in capsys.readouterr().out
+    assert read_export_info(target)["global_step"] == 6
+    assert sorted(p.name for p in (tmp_path / "runs" / "coldstart").iterdir()) == ["hf_model", "hf_model.1", "hf_model.2"]
+    check_folder(target, model.state_dict())
+    assert (tmp_path / target / EXPORT_INFO).is_file()
+
+
+def test_export_hf_keeps_an_export_without_ares_export_json_and_writes_atomically(tmp_path, tiny, capsys, monkeypatch):
+    from ares_lit.modules import export as export_module
+
+    model, tokenizer = tiny
+    old = tmp_path / "hf_model"
+    model.save_pretrained(old)  # an export from before ares_export.json
+    export_module.export_hf(model, tokenizer, old)
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"[ares_lit] moved the previous export at {old} (from an unknown run: no ares_export.json) to {old}.1")
+    assert (tmp_path / "hf_model.1" / "config.json").is_file()
+
+    # A failed save leaves the target as it was and no partial folder behind.
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tokenizer, "save_pretrained", broken)
+    before = sorted(p.name for p in old.iterdir())
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_module.export_hf(model, tokenizer, old)
+    assert sorted(p.name for p in old.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_model", "hf_model.1"]
+
+
+def test_export_cli_refuses_a_non_empty_output_unless_overwrite(tmp_path, shared_cache, capsys):
+    from ares_lit.modules.export import read_export_info
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    trained = tiny_checkpoint(ckpt, 0.01)
+    out = tmp_path / "out"
+    out.mkdir()  # an empty folder is fine
+    main(["--checkpoint", str(ckpt), "--output_dir", str(out)])
+    info = read_export_info(out)
+    assert (info["checkpoint"], info["log_dir"], info["what"]) == (str(ckpt), str(tmp_path / "run"), "checkpoint's policy")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", str(ckpt), "--output_dir", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert f"the output folder {str(out)!r} already holds a model (" in err and "pass --overwrite to replace it" in err
+    trained = tiny_checkpoint(ckpt, 0.02)
+    main(["--checkpoint", str(ckpt), "--output_dir", str(out), "--overwrite"])
+    check_folder(out, trained)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]  # replaced: no out.1, no partial folder
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), "--output_dir", str(notes)])
+    assert "already holds files (todo.txt); pass --overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not a model: --overwrite does not delete it either
+        main(["--checkpoint", str(ckpt), "--output_dir", str(notes), "--overwrite"])
+    assert "holds no model (todo.txt); --overwrite replaces only a model folder" in capsys.readouterr().err
+    assert (notes / "todo.txt").read_text() == "mine"

@@ -92,6 +92,16 @@ def test_vllm_engine_on_the_text_model(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     responses, answers = blocks(res.stdout)
     assert len(responses) == 2 and len(answers) == 2
+    # vLLM logs at WARNING by default: none of its INFO lines (config dump, ...), no "may crash" warning.
+    vllm_lines = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("(MainProcess pid=")]
+    assert not [line for line in vllm_lines if " INFO " in line or " DEBUG " in line], vllm_lines
+    assert "chunked prefill" not in res.stdout + res.stderr
+
+
+def test_vllm_log_level_flag():
+    parse = infer._parser().parse_args
+    assert parse(["--model_path", "m", "--question", "q"]).vllm_log_level == "WARNING"
+    assert parse(["--model_path", "m", "--question", "q", "--vllm_log_level", "info"]).vllm_log_level == "INFO"
 
 
 @pytest.mark.parametrize(
@@ -103,6 +113,8 @@ def test_vllm_engine_on_the_text_model(tmp_path):
         (["--model_path", "builtin:tiny-qwen2", "--image_path", "{missing}"], "does not exist"),
         (["--model_path", "builtin:tiny-qwen2", "--num_return_sequences", "0"], "--num_return_sequences must be >= 1"),
         (["--model_path", "builtin:tiny-qwen2", "--do_sample", "--top_p", "0"], "--top_p must be in (0, 1]"),
+        (["--model_path", "{tmp}"], "is not a model folder: has no config.json (it holds: img.png); give an HF model"),
+        (["--model_path", "runs/coldstart/version_3/hf_model"], "is not a model folder: does not exist; give an HF model"),
     ],
 )
 def test_errors_say_what_to_change(cache, tmp_path, capsys, extra, message):
@@ -110,7 +122,7 @@ def test_errors_say_what_to_change(cache, tmp_path, capsys, extra, message):
 
     img = tmp_path / "img.png"
     Image.new("RGB", (64, 64)).save(img)
-    args = [a.format(img=img, missing=tmp_path / "missing.png") for a in extra]
+    args = [a.format(img=img, missing=tmp_path / "missing.png", tmp=tmp_path) for a in extra]
     with pytest.raises(SystemExit) as exc:
         infer.main([*args, "--question", "q"])
     assert exc.value.code == 2

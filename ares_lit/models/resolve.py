@@ -2,6 +2,11 @@
 
 `builtin:<name>` names a model built or converted locally (no hub), a local folder is used as
 is, and anything else is passed through as a hub name for users with a network.
+
+`check_model_path` is the cheap part (milliseconds: no model is built, loaded or downloaded):
+a value that looks like a path but is not a model folder fails in one line, before a tokenizer
+would fail with an unrelated message ("You need to have sentencepiece or tiktoken installed") or
+wait on a hub connection for a folder that was never written.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from ares_lit.models.smollm2 import default_cache_dir, smollm2_instruct_path
 from ares_lit.models.tiny import build_tiny_qwen2
 from ares_lit.models.tiny_vl import build_tiny_qwen2_5_vl
 
-__all__ = ["resolve_model_path", "attached_policy_path", "BUILTIN_MODELS", "BUILTIN_PREFIX"]
+__all__ = ["resolve_model_path", "check_model_path", "attached_policy_path", "BUILTIN_MODELS", "BUILTIN_PREFIX"]
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -39,26 +44,90 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """`builtin:*` -> its local folder; an existing folder -> itself; else a hub name, unchanged.
+_SEPARATORS = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+_SHOWN_ENTRIES = 8  # folder entries named in a "has no config.json" message
 
-    Raises ValueError for an unknown builtin, and for a hub name while HF_HUB_OFFLINE is set,
-    before any model is loaded.
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub name: absolute, ./ ../ ~, on disk, 2+ separators, or a trailing separator."""
+    relative = tuple(f"{dots}{sep}" for dots in (".", "..") for sep in _SEPARATORS)
+    if os.path.isabs(name) or name in (".", "..") or name.startswith(("~", *relative)):
+        return True
+    if name.endswith(tuple(_SEPARATORS)) or sum(name.count(c) for c in _SEPARATORS) >= 2:
+        return True
+    return os.path.lexists(os.path.expanduser(name))
+
+
+def _contents(path: Path) -> str:
+    try:
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    except OSError as err:
+        return f"unreadable: {err.strerror}"
+    if not entries:
+        return "it is empty"
+    more = " …" if len(entries) > _SHOWN_ENTRIES else ""
+    return "it holds: " + ", ".join(entries[:_SHOWN_ENTRIES]) + more
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the local HF cache holds `name`'s config.json (what an offline load needs first)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return False
+
+
+def check_model_path(name_or_path: str) -> None:
+    """Fail fast on a `model_path` that cannot load; touches only the file system (milliseconds).
+
+    - `builtin:*`: the name must be one of BUILTIN_MODELS (nothing is built here);
+    - a value that looks local (absolute, `./`, `../`, `~`, present on disk, two or more path
+      separators, or a trailing one) must be a folder with a config.json;
+    - anything else is a hub name (`org/model`, or a bare name): accepted, except under
+      HF_HUB_OFFLINE=1 when the local HF cache does not hold it.
+
+    Raises ValueError with a one-line message naming the value and what to give instead.
     """
     builtins = ", ".join(BUILTIN_MODELS)
+    name = str(name_or_path)
+    if name.startswith(BUILTIN_PREFIX):
+        if name not in BUILTIN_MODELS:
+            raise ValueError(f"unknown builtin model {name!r}; choose one of: {builtins}")
+        return
+    usage = f"give an HF model folder (config.json + weights), a builtin:* name ({builtins}) or a hub name like org/model"
+    if not name.strip():
+        raise ValueError(f"model_path is empty; {usage}")
+    if _looks_local(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            reason = "does not exist"
+        elif not path.is_dir():
+            reason = "is a file, not a folder"
+        elif not (path / "config.json").is_file():
+            reason = f"has no config.json ({_contents(path)})"
+        else:
+            return
+        raise ValueError(f"model_path {name!r} is not a model folder: {reason}; {usage}")
+    if _offline() and not _in_hub_cache(name):
+        raise ValueError(
+            f"model_path {name!r} is neither a local folder nor a builtin ({builtins}) nor in the local HF cache, "
+            "and HF_HUB_OFFLINE=1 forbids downloads (unset it to download from the hub, or give a local model folder)"
+        )
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """`builtin:*` -> its local folder; a local model folder -> itself; else a hub name, unchanged.
+
+    `check_model_path` runs first, so a bad value fails before any model is built or loaded.
+    """
+    name_or_path = str(name_or_path)
+    check_model_path(name_or_path)
     if name_or_path.startswith(BUILTIN_PREFIX):
-        if name_or_path not in BUILTIN_MODELS:
-            raise ValueError(f"unknown builtin model {name_or_path!r}; choose one of: {builtins}")
         return str(BUILTIN_MODELS[name_or_path]())
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return str(path)
-    if _offline():
-        raise ValueError(
-            f"model_path {name_or_path!r} is neither a local folder nor a builtin ({builtins}), "
-            "and HF_HUB_OFFLINE=1 forbids downloads"
-        )
-    return name_or_path
+    return str(path) if path.is_dir() else name_or_path
 
 
 def attached_policy_path(datamodule) -> str | None:

