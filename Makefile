@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/ares_lit/torch_extensions
 
-.PHONY: install install-bench test test-all bench clean
+.PHONY: install install-bench test test-slow test-all bench clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ install:
 
 test:
 	$(BIN)/pytest -q -m "not slow and not gpu"
+
+# The slow tests only (minutes each); CI runs them after `make test` (.ci/run).
+test-slow:
+	$(BIN)/pytest -q -m "slow and not gpu"
 
 test-all:
 	$(BIN)/pytest -q -m "not gpu"

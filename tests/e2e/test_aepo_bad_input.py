@@ -46,9 +46,8 @@ def _fails(tmp_path, *args):
 
 def test_group_size_below_two_fails_before_model_loads(tmp_path):
     overlay = write_overlay(tmp_path, "hf", steps=1)
-    overlay.write_text(overlay.read_text().replace("        n: 4\n", "        n: 1\n"))
-    err = _fails(tmp_path, "--config", str(overlay))
-    assert "n must be >= 2" in err
+    err = _fails(tmp_path, "--config", str(overlay), "--rollout.n=1")
+    assert "n must be >= 2" in err and "Traceback" not in err
 
 
 def test_unknown_column_fails_before_model_loads(tmp_path):

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_branching_config_is_the_default_plus_its_block():
     base = yaml.safe_load((ROOT / "configs/aepo.yaml").read_text())
     branched = yaml.safe_load((ROOT / "configs/aepo_branching.yaml").read_text())
-    block = branched["trainer"]["callbacks"][0]["init_args"].pop("branching")
-    assert block["initial_n"] + max(block["budget"]) * block["children_per_point"] <= base["trainer"]["callbacks"][0]["init_args"]["n"]
+    block = branched["rollout"].pop("branching")
+    assert block["initial_n"] + max(block["budget"]) * block["children_per_point"] <= base["rollout"]["n"]
     branched["trainer"]["logger"]["init_args"]["name"] = base["trainer"]["logger"]["init_args"]["name"]
     assert branched == base
 

@@ -15,9 +15,8 @@ STEPS = 2
 def rollouts(tmp_path, seed: int) -> tuple[list, dict]:
     tmp_path.mkdir()
     overlay = write_overlay(tmp_path, "hf", steps=STEPS)
-    text = overlay.read_text()
-    overlay.write_text(text.replace("max_refill_tries: 2", f"max_refill_tries: 2\n        seed: {seed}", 1))
-    fit(tmp_path, "--config", str(overlay), "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0")
+    fit(tmp_path, "--config", str(overlay), f"--rollout.seed={seed}", "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0")
     acc = scalars(next((tmp_path / "runs" / "aepo").glob("version_*")))
     samples = [(e.step, list(e.tensor_proto.string_val)) for e in acc.Tensors("samples/text_summary")]
     rewards = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in ("reward/mean", "reward/accuracy", "rollout/num_samples")}
