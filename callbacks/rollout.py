@@ -17,9 +17,9 @@ from functools import partial
 import lightning.pytorch as pl
 import torch
 
-from ares_lit.core import HWEThreshold, get_advantage_estimator
+from ares_lit.core import HWEThreshold
 from ares_lit.experience import ExperienceConfig, StepSeeds, grade_responses, make_experience
-from ares_lit.experience.config import BranchingConfig
+from ares_lit.experience.config import BranchingConfig, LengthRewardConfig
 from ares_lit.experience.groups import timer
 from ares_lit.experience.scoring import check_policy_scoring, reuse_engine_scores
 from ares_lit.modules.scoring import in_precision
@@ -77,6 +77,9 @@ class RolloutCallback(pl.Callback):
         branching: entropy-aware branching rollouts (README "Branching rollouts"; fields and defaults in
             ares_lit/experience/config.py BranchingConfig: initial_n, budget, children_per_point, min_prefix,
             min_suffix, min_gap, max_points_per_response, trigger_only, prefix_loss, advantage); null = off.
+        length_reward: a length control added to the reward, R = R_acc + R_entropy + R_len (docs/ablation.md
+            "Baselines"; ares_lit/experience/config.py LengthRewardConfig): kind "overlong" (DAPO; max_length,
+            buffer_len, penalty_factor), "kimi" (Kimi k1.5; weight, warmup_steps) or "shorter_better" (alpha, beta); null = off.
         sleep_level: vLLM sleep level between rollouts (CUDA only): 2 drops the weights and the KV
             cache (they are pushed every step anyway), 1 offloads the weights to host memory, 0 never
             sleeps. The engine wakes before the weight push and sleeps after the last generation of
@@ -123,41 +126,9 @@ class RolloutCallback(pl.Callback):
         policy_scoring: str = "auto",
         branching: BranchingConfig | None = None,
         vllm_log_level: str = "WARNING",
+        length_reward: LengthRewardConfig | None = None,
     ) -> None:
         super().__init__()
-        if n < 2:
-            raise ValueError(f"rollout n must be >= 2 for GRPO-style advantages (a group needs a baseline); got {n}")
-        if engine not in ("vllm", "hf"):
-            raise ValueError(f"rollout engine must be 'vllm' or 'hf'; got {engine!r}")
-        if temperature <= 0:
-            raise ValueError(f"rollout temperature must be > 0; got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"rollout top_p must be in (0, 1]; got {top_p}")
-        if max_new_tokens < window:
-            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= window ({window})")
-        if sleep_level not in (0, 1, 2):
-            raise ValueError(f"sleep_level must be 0 (never sleep), 1 or 2 (vLLM sleep levels); got {sleep_level}")
-        if not 0 <= max_refill_tries <= 31:
-            raise ValueError(f"max_refill_tries must be in [0, 31] (a field of the sampling seed); got {max_refill_tries}")
-        get_advantage_estimator(advantage)  # fails early on an unknown name
-        if branching is not None:
-            branching.check(n)
-        check_policy_scoring(policy_scoring)
-        self.policy_scoring = policy_scoring
-        self.engine_name = engine
-        self.engine_kwargs = dict(engine_kwargs or {})
-        self.vllm_log_level = check_vllm_log_level(vllm_log_level)
-        self.max_new_tokens = max_new_tokens
-        self.hwe = HWEThreshold(hwe_quantile, hwe_statistic, hwe_momentum, hwe_min_windows)
-        self.trigger_filter = trigger_filter
-        self.trigger_words = trigger_words
-        self.format_weight = format_weight
-        self.grade_timeout = grade_timeout
-        from ares_lit.grading import ANSWER_FALLBACKS
-
-        if answer_fallback not in ANSWER_FALLBACKS:
-            raise ValueError(f"answer_fallback must be one of {ANSWER_FALLBACKS}; got {answer_fallback!r}")
-        self.answer_fallback = answer_fallback
         self.config = ExperienceConfig(
             n=n,
             temperature=temperature,
@@ -181,7 +152,30 @@ class RolloutCallback(pl.Callback):
             },
             num_text_samples=num_text_samples,
             branching=branching,
+            length_reward=length_reward,
         )
+        # n, temperature, top_p, max_new_tokens >= window, max_refill_tries, advantage, branching, length_reward
+        self.config.check()
+        if engine not in ("vllm", "hf"):
+            raise ValueError(f"rollout engine must be 'vllm' or 'hf'; got {engine!r}")
+        if sleep_level not in (0, 1, 2):
+            raise ValueError(f"sleep_level must be 0 (never sleep), 1 or 2 (vLLM sleep levels); got {sleep_level}")
+        check_policy_scoring(policy_scoring)
+        self.policy_scoring = policy_scoring
+        self.engine_name = engine
+        self.engine_kwargs = dict(engine_kwargs or {})
+        self.vllm_log_level = check_vllm_log_level(vllm_log_level)
+        self.max_new_tokens = max_new_tokens
+        self.hwe = HWEThreshold(hwe_quantile, hwe_statistic, hwe_momentum, hwe_min_windows)
+        self.trigger_filter = trigger_filter
+        self.trigger_words = trigger_words
+        self.format_weight = format_weight
+        self.grade_timeout = grade_timeout
+        from ares_lit.grading import ANSWER_FALLBACKS
+
+        if answer_fallback not in ANSWER_FALLBACKS:
+            raise ValueError(f"answer_fallback must be one of {ANSWER_FALLBACKS}; got {answer_fallback!r}")
+        self.answer_fallback = answer_fallback
         self.max_empty_steps = max_empty_steps
         self.sleep_level = sleep_level
         self._sleep_takes_level = False  # set at engine start from the engine's sleep() signature

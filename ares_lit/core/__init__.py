@@ -26,6 +26,13 @@ from ares_lit.core.advantages import (
 from ares_lit.core.branching import DEFAULT_BRANCH_BUDGET, branch_candidates, choose_branch_points, tree_advantages
 from ares_lit.core.buckets import BUCKET_NAMES, EASY, HARD, MEDIUM, NUM_BUCKETS, assign_buckets
 from ares_lit.core.entropy import entropy_from_log_probs, token_entropy, window_entropy
+from ares_lit.core.entropy_control import (
+    AdaptiveEntropyCoef,
+    entropy_bonus,
+    entropy_quantile,
+    forking_mask,
+    forking_threshold,
+)
 from ares_lit.core.groups import group_mean, group_stats, informative_groups
 from ares_lit.core.hwe import (
     HWEThreshold,
@@ -37,9 +44,18 @@ from ares_lit.core.hwe import (
     voting_quantiles,
 )
 from ares_lit.core.kl import KL_KINDS, DynamicKL, kl_estimate, nonwindow_kl
+from ares_lit.core.length_rewards import (
+    DEFAULT_OVERLONG_BUFFER_FRAC,
+    kimi_length_reward,
+    overlong_penalty,
+    sample_optimal_length,
+    shorter_better_reward,
+)
 from ares_lit.core.losses import (
     AGG_MODES,
+    COMMON_LOSS_ARGS,
     POLICY_LOSSES,
+    PolicyLossOptions,
     aggregate,
     cispo_policy_loss,
     get_policy_loss,
@@ -48,6 +64,7 @@ from ares_lit.core.losses import (
     policy_loss,
     register_policy_loss,
 )
+from ares_lit.core.cov_losses import clip_cov_policy_loss, kl_cov_policy_loss  # registers clip_cov, kl_cov
 from ares_lit.core.rewards import bucket_targets, entropy_shaping_reward, huber, reward_inversions, total_reward
 
 __all__ = [
@@ -62,6 +79,11 @@ __all__ = [
     "branch_candidates",
     "choose_branch_points",
     "tree_advantages",
+    "DEFAULT_OVERLONG_BUFFER_FRAC",
+    "kimi_length_reward",
+    "overlong_penalty",
+    "sample_optimal_length",
+    "shorter_better_reward",
     "ADVANTAGE_ESTIMATORS",
     "AGG_MODES",
     "BUCKET_NAMES",
@@ -70,16 +92,24 @@ __all__ = [
     "KL_KINDS",
     "MEDIUM",
     "NUM_BUCKETS",
+    "COMMON_LOSS_ARGS",
     "POLICY_LOSSES",
+    "PolicyLossOptions",
     "DynamicKL",
     "HWEThreshold",
     "aggregate",
     "assign_buckets",
     "bucket_targets",
     "cispo_policy_loss",
+    "clip_cov_policy_loss",
     "count_hwe",
     "drgrpo_advantages",
+    "AdaptiveEntropyCoef",
+    "entropy_bonus",
     "entropy_from_log_probs",
+    "entropy_quantile",
+    "forking_mask",
+    "forking_threshold",
     "entropy_shaping_reward",
     "get_advantage_estimator",
     "get_policy_loss",
@@ -88,6 +118,7 @@ __all__ = [
     "grpo_advantages",
     "gspo_policy_loss",
     "huber",
+    "kl_cov_policy_loss",
     "hwe_mask",
     "hwe_threshold",
     "hwe_window_mask",

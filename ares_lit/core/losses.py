@@ -15,20 +15,26 @@ mini-batch: the module passes the mini-batch's `normalizer`), and returns detach
 `clipfrac`, `clipfrac_lower` and `ppo_kl`. The built-in losses also take `weights` ([B, T], the
 train-inference mismatch correction of core/correction.py), multiplied into the per-token loss
 after clipping, as verl's `rollout_is_weights`; the module passes it only when the correction is
-on. Registered: vanilla (PPO clip-higher + dual clip), gspo, cispo. Each matches verl 0.9.1's
-loss of the same registry name numerically, loss and metrics (tests/core/test_verl_parity.py).
+on. Registered: vanilla (PPO clip-higher + dual clip), gspo, cispo, clip_cov, kl_cov (the last two
+in core/cov_losses.py). Each matches verl 0.9.1's loss of the same registry name numerically, loss
+and metrics (tests/core/test_verl_parity.py). A loss may take further keyword-only options (clip_cov's
+`clip_cov_ratio`, ...; `model.policy_loss_kwargs`) and a `generator` if it draws at random:
+`PolicyLossOptions` checks the options against its signature and supplies the generator.
 Pure torch: no Lightning, no I/O.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
 
 __all__ = [
     "AGG_MODES",
+    "COMMON_LOSS_ARGS",
     "POLICY_LOSSES",
+    "PolicyLossOptions",
     "aggregate",
     "cispo_policy_loss",
     "get_policy_loss",
@@ -62,6 +68,43 @@ def get_policy_loss(name: str) -> PolicyLossFn:
         return POLICY_LOSSES[name]
     except KeyError:
         raise ValueError(f"unknown policy loss {name!r}; choose one of {sorted(POLICY_LOSSES)}") from None
+
+
+# What the module passes every loss itself: not options of `model.policy_loss_kwargs`.
+COMMON_LOSS_ARGS = frozenset(
+    ("log_probs", "old_log_probs", "advantages", "mask", "clip_low", "clip_high", "clip_dual", "agg",
+     "normalizer", "horizon", "weights", "generator")
+)
+
+
+class PolicyLossOptions:
+    """The extra keyword arguments of policy loss `name` (`model.policy_loss_kwargs`), checked against
+    its signature when built, so that a wrong key fails before any model loads; and, for a loss that
+    draws at random (one with a `generator` argument: clip_cov), a CPU generator seeded from (run seed,
+    optimizer step, rank). Calls with the same triple continue one stream (the step's micro-batches
+    in order), so a resumed run draws what the uninterrupted one did. `options(seed, step, rank)`
+    returns the keyword arguments for the loss call."""
+
+    def __init__(self, name: str, kwargs: dict | None = None, where: str = "policy_loss_kwargs") -> None:
+        params = inspect.signature(get_policy_loss(name)).parameters
+        accepted = sorted(set(params) - COMMON_LOSS_ARGS)
+        for key, value in (kwargs or {}).items():
+            if key not in accepted:
+                raise ValueError(f"{where}: policy loss {name!r} takes no option {key!r}; accepted: {accepted or 'none'}")
+            if isinstance(params[key].default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{where}.{key} must be a number; got {value!r}")
+        self.kwargs = dict(kwargs or {})
+        self.random = "generator" in params
+        self._key: tuple[int, int, int] | None = None
+        self._generator: torch.Generator | None = None
+
+    def __call__(self, seed: int = 0, step: int = 0, rank: int = 0) -> dict:
+        if not self.random:
+            return dict(self.kwargs)
+        if self._key != (seed, step, rank):
+            mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB) % 2**63
+            self._key, self._generator = (seed, step, rank), torch.Generator().manual_seed(mixed)
+        return {**self.kwargs, "generator": self._generator}
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,13 @@ Lightning side (it gathers these collaborators and calls `make_experience`). The
                  with refill rounds: collect_groups
     scoring.py   pack_groups → score_rollouts (old log-probs + exact entropy; reference)
     shaping.py   hwe_threshold_step (τ) → hwe_tokens (HWE mask, N_HE, windows) →
-                 bucket_controllers (T_d, α_d) → shaped_reward → group_advantages;
+                 bucket_controllers (T_d, α_d) → length_reward (R_len) → shaped_reward → group_advantages;
                  nonwindow_kl (KL_d sums for the dynamic-KL controller, after the update)
     seeds.py     round_seed / sample_seed: sampling seeds unique per (rank, step, round, prompt, sample)
     pipeline.py  make_experience: all of the above, and the skip decision shared by all ranks
 """
 
-from ares_lit.experience.config import ExperienceConfig
+from ares_lit.experience.config import ExperienceConfig, LengthRewardConfig
 from ares_lit.experience.groups import (
     CollectedGroups,
     PromptGroup,
@@ -34,6 +34,7 @@ from ares_lit.experience.shaping import (
     group_advantages,
     hwe_threshold_step,
     hwe_tokens,
+    length_reward,
     nonwindow_kl,
     shaped_reward,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "CollectedGroups",
     "Experience",
     "ExperienceConfig",
+    "LengthRewardConfig",
     "PromptGroup",
     "RolloutTensors",
     "StepSeeds",
@@ -55,6 +57,7 @@ __all__ = [
     "group_advantages",
     "hwe_threshold_step",
     "hwe_tokens",
+    "length_reward",
     "logprob_gap",
     "make_experience",
     "nonwindow_kl",

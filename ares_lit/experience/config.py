@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ares_lit.core import DEFAULT_OVERLONG_BUFFER_FRAC, get_advantage_estimator
 from ares_lit.rollout.base import SamplingConfig
 
-__all__ = ["BranchingConfig", "ExperienceConfig", "PREFIX_LOSSES", "BRANCH_ADVANTAGES"]
+__all__ = ["BranchingConfig", "ExperienceConfig", "LengthRewardConfig", "LENGTH_REWARDS", "PREFIX_LOSSES", "BRANCH_ADVANTAGES"]
 
 PREFIX_LOSSES = ("dedupe", "full")
 BRANCH_ADVANTAGES = ("flat", "tree")
+LENGTH_REWARDS = ("overlong", "kimi", "shorter_better")
 
 
 @dataclass
@@ -70,6 +72,64 @@ class BranchingConfig:
 
 
 @dataclass
+class LengthRewardConfig:
+    """A length control as a reward term R_len (docs/ablation.md "Baselines"; issue #23), added
+    to R = R_acc + R_entropy (+ w_fmt·R_format). Off unless `RolloutCallback(length_reward=...)` is
+    set; `kind` picks the method, and only that method's fields are read. L is a response's length in
+    valid tokens; buckets and the correctness the terms use stay R_acc's (accuracy >= 0.5).
+
+    - "overlong", DAPO soft overlong punishment (Yu et al. 2025, eq. 13; verl 0.9.1 DAPORewardManager
+      `overlong_buffer`): R_len = 0 for L <= L_max - L_c, -(L - (L_max - L_c))/L_c·p up to L_max,
+      -p beyond. Fields: max_length, buffer_len, penalty_factor.
+    - "kimi", Kimi k1.5 length reward (Kimi Team 2025, §2.3.3): λ = 0.5 - (L - min_L)/(max_L - min_L)
+      over the prompt's group (0 when max_L = min_L); R_len = w·λ if correct, w·min(0, λ) if not.
+      Fields: weight, warmup_steps.
+    - "shorter_better", ShorterBetter (Yi et al. 2025; the authors' verl reward manager): SOL = the
+      group's shortest correct length (its mean length without a correct answer); the paper's reward
+      is α·1[correct] - β·|L - SOL|, and R_len = (α - 1)·1[correct] - β·|L - SOL| makes R_acc + R_len
+      equal it. Fields: alpha, beta.
+    """
+
+    kind: str
+    """"overlong", "kimi" or "shorter_better"."""
+    max_length: int | None = None
+    """overlong: L_max in tokens; null = the rollout's max_new_tokens (verl: max_response_length)."""
+    buffer_len: int | None = None
+    """overlong: L_c, the soft-punishment buffer (0 < L_c <= L_max); null = round(0.2·L_max), DAPO's
+    ratio (4096 of 20480; verl's own default is off: overlong_buffer.len 0)."""
+    penalty_factor: float = 1.0
+    """overlong: p, the punishment at L_max (DAPO and verl's DAPO recipe: 1.0)."""
+    weight: float = 1.0
+    """kimi: w of the length reward (the paper adds it "with a weighting parameter" and gives no value)."""
+    warmup_steps: int = 0
+    """kimi: trainer steps (global_step) before which the term is 0; from then on it is w·reward, constant,
+    as the paper's warm-up ("standard policy optimization without length penalty, followed by a constant
+    length penalty"); 0 = on from the start."""
+    alpha: float = 2.0
+    """shorter_better: α, the correctness reward (the authors' release: 2.0; the paper also trains α = 1)."""
+    beta: float = 0.001
+    """shorter_better: β, the reward lost per token of distance to SOL (the paper and release: 0.001)."""
+
+    def limits(self, max_new_tokens: int) -> tuple[int, int]:
+        """overlong: (L_max, L_c) with the nulls resolved."""
+        l_max = max_new_tokens if self.max_length is None else int(self.max_length)
+        l_c = max(1, round(l_max * DEFAULT_OVERLONG_BUFFER_FRAC)) if self.buffer_len is None else int(self.buffer_len)
+        return l_max, l_c
+
+    def check(self, max_new_tokens: int) -> None:
+        """Raise ValueError on settings that cannot work."""
+        if self.kind not in LENGTH_REWARDS:
+            raise ValueError(f"length_reward kind must be one of {LENGTH_REWARDS}; got {self.kind!r}")
+        l_max, l_c = self.limits(max_new_tokens)
+        if l_max < 1:
+            raise ValueError(f"length_reward max_length must be >= 1 (null = max_new_tokens); got {self.max_length}")
+        if not 0 < l_c <= l_max:
+            raise ValueError(f"length_reward buffer_len must be in (0, max_length={l_max}]; got {self.buffer_len}")
+        if min(self.penalty_factor, self.weight, self.beta) < 0 or self.warmup_steps < 0:
+            raise ValueError("length_reward penalty_factor, weight, beta and warmup_steps must be >= 0")
+
+
+@dataclass
 class ExperienceConfig:
     """What `make_experience` needs to know besides its inputs. `RolloutCallback` fills it from its
     arguments, which document every field for `--print_config`."""
@@ -110,6 +170,26 @@ class ExperienceConfig:
     policy_scoring="auto" sets it)."""
     branching: BranchingConfig | None = None
     """Entropy-aware branching rollouts; None samples n flat responses per prompt."""
+    length_reward: LengthRewardConfig | None = None
+    """A length control added to the reward (overlong, kimi or shorter_better); None = off."""
+
+    def check(self) -> None:
+        """Raise ValueError on settings that cannot work (RolloutCallback calls it at construction)."""
+        if self.n < 2:
+            raise ValueError(f"rollout n must be >= 2 for GRPO-style advantages (a group needs a baseline); got {self.n}")
+        if self.temperature <= 0:
+            raise ValueError(f"rollout temperature must be > 0; got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"rollout top_p must be in (0, 1]; got {self.top_p}")
+        if self.max_new_tokens < self.window:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) must be >= window ({self.window})")
+        if not 0 <= self.max_refill_tries <= 31:
+            raise ValueError(f"max_refill_tries must be in [0, 31] (a field of the sampling seed); got {self.max_refill_tries}")
+        get_advantage_estimator(self.advantage)  # fails early on an unknown name
+        if self.branching is not None:
+            self.branching.check(self.n)
+        if self.length_reward is not None:
+            self.length_reward.check(self.max_new_tokens)
 
     @property
     def first_n(self) -> int:

@@ -8,7 +8,8 @@
     hwe_threshold_step  τ (all ranks' q_i)
     hwe_tokens          HWE mask, N_HE, validated windows
     bucket_controllers  T_d, α_d (the tracker; all ranks)
-    shaped_reward       R = R_acc + R_entropy (+ w_fmt·R_format)
+    length_reward       R_len (overlong, kimi or shorter_better; off by default)
+    shaped_reward       R = R_acc + R_entropy (+ R_len) (+ w_fmt·R_format)
     group_advantages    A_i
 
 A rank that kept no group runs every stage after the skip decision on zero rows: its scorer still
@@ -33,7 +34,9 @@ from ares_lit.experience.config import ExperienceConfig
 from ares_lit.experience.groups import Grade, PromptGroup, _no_report, collect_groups
 from ares_lit.experience.scoring import RolloutTensors, Scorer, engine_values, pack_groups, score_rollouts
 from ares_lit.experience.seeds import StepSeeds
-from ares_lit.experience.shaping import bucket_controllers, group_advantages, hwe_threshold_step, hwe_tokens, shaped_reward
+from ares_lit.experience.shaping import (
+    bucket_controllers, group_advantages, hwe_threshold_step, hwe_tokens, length_reward, shaped_reward,
+)  # fmt: skip
 from ares_lit.rollout.base import RolloutEngine
 
 __all__ = ["Experience", "make_experience", "build_rollout_batch", "text_samples", "logprob_gap"]
@@ -108,6 +111,7 @@ def make_experience(
         trigger_ids=trigger_ids,
         on_phase=on_phase,
         timings=timings,
+        step=seed.step if isinstance(seed, StepSeeds) else 0,  # the trainer's global step (kimi's warm-up)
     )
     if brancher is not None:
         rollout.metrics.update(brancher.metrics())
@@ -134,8 +138,10 @@ def build_rollout_batch(
     trigger_ids: torch.Tensor | None = None,
     on_phase: Callable[..., None] = _no_report,
     timings: dict | None = None,
+    step: int = 0,
 ) -> RolloutBatch:
-    """Graded, bucketed groups (zero of them on a rank that kept none) → the training batch."""
+    """Graded, bucketed groups (zero of them on a rank that kept none) → the training batch. `step`
+    is the trainer's global step (the length reward's warm-up)."""
     timings = {} if timings is None else timings
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = pack_groups(groups, pad, pixels)
@@ -165,19 +171,21 @@ def build_rollout_batch(
     fmt = _rows(groups, "format", dev)
     bucket = torch.tensor([g.bucket for g in groups for _ in g.completions], dtype=torch.long, device=dev)
     targets, alpha = bucket_controllers(tracker, n_hwe, bucket)
+    lengths = response_mask.sum(-1).float()
+    r_len = length_reward(cfg.length_reward, lengths, accuracy, rows.group_ids, cfg.max_new_tokens, step)
     reward, r_ent = shaped_reward(
-        accuracy, fmt, n_hwe, bucket, targets, alpha,
-        entropy_reward=cfg.entropy_reward, format_weight=cfg.format_weight, shaping=cfg.shaping,
+        accuracy, fmt, n_hwe, bucket, targets, alpha, entropy_reward=cfg.entropy_reward,
+        format_weight=cfg.format_weight, shaping=cfg.shaping, length=None if cfg.length_reward is None else r_len,
     )  # fmt: skip
     advantages = group_advantages(reward, rows.group_ids, cfg.advantage)
     if cfg.branching is not None and cfg.branching.advantage == "tree":
         advantages = tree_advantages(advantages, *_branch_sets(groups))
 
-    lengths = response_mask.sum(-1).float()
     extras = {
         "accuracy": accuracy,
         "reward": reward,
         "entropy_reward": r_ent,
+        "length_reward": r_len,  # R_len (zeros when cfg.length_reward is None)
         "response_length": lengths,
         "n_hwe": n_hwe,
         "target": targets[bucket],
@@ -196,6 +204,11 @@ def build_rollout_batch(
     for d, name in enumerate(BUCKET_NAMES):
         if mixed[d] > 0:  # this rank's groups that hold both a right and a wrong answer
             metrics[f"bucket/{name}/reward_inversions"] = float(inverted[d]) / float(mixed[d])
+    if cfg.length_reward is not None and r_len.numel():  # the length term's panels
+        metrics["reward/length"] = float(r_len.mean())
+        for d, name in enumerate(BUCKET_NAMES):
+            if bool((bucket == d).any()):
+                metrics[f"bucket/{name}/length_reward"] = float(r_len[bucket == d].mean())
     metrics["rollout/policy_pass_skipped"] = float(reused is not None)
     child_gap = logprob_gap(gap_lp, old_lp, own & (inherited.to(dev) > 0)[:, None])
     if child_gap is not None:

@@ -6,7 +6,7 @@ in `ares_lit.core`; these functions wire them to the step's collaborators and co
 - `hwe_threshold_step`: τ from every rank's q_i (one all-gather);
 - `hwe_tokens`: m_{i,t}, N_HE,i and the validated windows;
 - `bucket_controllers`: T_d and α_d from the tracker (a collective under DDP);
-- `shaped_reward`, `group_advantages`;
+- `length_reward` (R_len: overlong, kimi or shorter_better; off by default), `shaped_reward`, `group_advantages`;
 - `nonwindow_kl` (from `core.kl`): KL_d's sums for the dynamic-KL controller (used by the module after the update).
 
 Plain code, no Lightning. Every function accepts zero rows, so that a rank without groups runs
@@ -25,12 +25,17 @@ from ares_lit.core import (
     get_advantage_estimator,
     hwe_mask,
     hwe_window_mask,
+    kimi_length_reward,
     nonwindow_kl,
+    overlong_penalty,
+    shorter_better_reward,
     total_reward,
 )
 from ares_lit.distributed import all_gather_cat
 
-__all__ = ["hwe_threshold_step", "hwe_tokens", "bucket_controllers", "shaped_reward", "group_advantages", "nonwindow_kl"]
+__all__ = [
+    "hwe_threshold_step", "hwe_tokens", "bucket_controllers", "length_reward", "shaped_reward", "group_advantages", "nonwindow_kl",
+]  # fmt: skip
 
 
 def hwe_threshold_step(hwe: HWEThreshold, win: torch.Tensor, valid: torch.Tensor) -> tuple[float, float | None]:
@@ -89,6 +94,31 @@ def bucket_controllers(tracker, n_hwe: torch.Tensor, bucket: torch.Tensor) -> tu
     return targets.to(n_hwe.device), alpha.to(n_hwe.device)
 
 
+def length_reward(
+    cfg, lengths: torch.Tensor, accuracy: torch.Tensor, group_ids: torch.Tensor, max_new_tokens: int, step: int = 0
+) -> torch.Tensor:
+    """R_len per response for a `LengthRewardConfig` (docs/ablation.md "Baselines"); zeros when
+    `cfg` is None. `lengths` are valid response tokens, `group_ids` the prompt of each response,
+    correct = accuracy >= 0.5 (R_acc's, as the buckets). `step` (the trainer's global step) gates
+    kimi's warm-up. shorter_better returns the paper's r minus 1[correct], so R_acc + R_len = r.
+
+    Returns:
+        [N] fp32.
+    """
+    if cfg is None:
+        return torch.zeros_like(accuracy, dtype=torch.float32)
+    correct = accuracy >= 0.5
+    if cfg.kind == "overlong":
+        return overlong_penalty(lengths, *cfg.limits(max_new_tokens), cfg.penalty_factor)
+    if cfg.kind == "kimi":
+        r = kimi_length_reward(lengths, correct, group_ids.to(lengths.device), cfg.weight)
+        return r if step >= cfg.warmup_steps else torch.zeros_like(r)
+    if cfg.kind == "shorter_better":
+        r = shorter_better_reward(lengths, correct, group_ids.to(lengths.device), cfg.alpha, cfg.beta)
+        return r - correct.float()
+    raise ValueError(f"length_reward kind must be one of overlong, kimi, shorter_better; got {cfg.kind!r}")
+
+
 def shaped_reward(
     accuracy: torch.Tensor,
     fmt: torch.Tensor,
@@ -100,8 +130,10 @@ def shaped_reward(
     entropy_reward: bool = True,
     format_weight: float = 0.0,
     shaping: dict | None = None,
+    length: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """R = R_acc + R_entropy (+ w_fmt·R_format) per response (docs/algorithm.md "Hierarchical entropy reward").
+    """R = R_acc + R_entropy (+ R_len) (+ w_fmt·R_format) per response (docs/algorithm.md "Hierarchical
+    entropy reward"; R_len = `length`, from `length_reward`, when given).
 
     R_entropy uses each response's bucket target T_d and scale α_d (`targets[bucket]`,
     `alpha[bucket]`); a response counts as correct when its accuracy is >= 0.5.
@@ -115,7 +147,8 @@ def shaped_reward(
         r_ent = entropy_shaping_reward(n_hwe, targets[bucket], bucket, correct, alpha[bucket], **(shaping or {}))
     else:
         r_ent = torch.zeros_like(accuracy)
-    return total_reward(accuracy, r_ent, fmt, format_weight), r_ent
+    reward = total_reward(accuracy, r_ent, fmt, format_weight)
+    return (reward if length is None else reward + length.float()), r_ent
 
 
 def group_advantages(reward: torch.Tensor, group_ids: torch.Tensor, estimator: str = "grpo") -> torch.Tensor:

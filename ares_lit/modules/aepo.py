@@ -4,7 +4,7 @@ The rollout callback fills `batch["rollout"]` (a `RolloutBatch`) before `trainin
 module then runs PPO-style updates over mini-batches and micro-batches:
 
     L = L_PG + L_KL,  L_PG = the policy loss named by `policy_loss` (core.POLICY_LOSSES; default
-    vanilla: clipped surrogate with clip-higher and dual clip; also gspo, cispo),
+    vanilla: clipped surrogate with clip-higher and dual clip; also gspo, cispo, clip_cov, kl_cov),
     L_KL = aggregate(β ⊙ k3(logπ_θ, logπ_ref)),  β_{i,t} = κ_{d(i)} · ρ^{w_{i,t}}
 
 β comes from `self.kl_controller` (a `core.DynamicKL` that DynamicKLCallback hands over, started
@@ -15,19 +15,22 @@ update κ_d. Fitting without RolloutCallback fails at fit start: there would be 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 
-from ares_lit.distributed import all_gather_cat, world_max, world_size
+from ares_lit.distributed import world_max
 from ares_lit.batch import RolloutBatch
 from ares_lit.core.correction import ROLLOUT_CORRECTIONS, rollout_correction
-from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, POLICY_LOSSES, aggregate, get_policy_loss, kl_estimate, nonwindow_kl
+from ares_lit.core import AGG_MODES, KL_KINDS, NUM_BUCKETS, POLICY_LOSSES, PolicyLossOptions, aggregate, get_policy_loss, kl_estimate, nonwindow_kl
 from ares_lit.progress import report_phase
 from ares_lit.modules.scoring import ScoringMixin
 from ares_lit.modules.validation import ValidationMixin, ValidationSettings
+from ares_lit.modules.entropy_terms import EntropyControl, EntropyTermsMixin
+from ares_lit.modules.update_helpers import UpdateHelpersMixin
 from ares_lit.models.resolve import check_model_path
 from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.zero import adamw, param_shape, shard_for_inference, zero3_enabled
@@ -36,10 +39,10 @@ from ares_lit.modules.logprobs import DEFAULT_LOGIT_BUDGET_BYTES, response_logpr
 
 __all__ = ["AEPOModule"]
 
-_LOSS_KEYS = ("pg_loss", "kl_loss", "loss")
+_LOSS_KEYS = ("pg_loss", "kl_loss", "entropy_bonus", "loss")
 
 
-class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
+class AEPOModule(EntropyTermsMixin, UpdateHelpersMixin, ScoringMixin, ValidationMixin, pl.LightningModule):
     """Adaptive Entropy Policy Optimization.
 
     Args:
@@ -65,8 +68,10 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
         clip_low: ε_low of the clipped surrogate.
         clip_high: ε_high (clip-higher).
         clip_dual: dual-clip constant c for negative advantages (vanilla only).
-        policy_loss: the registered policy loss (core/losses.py): vanilla (PPO clip-higher + dual
-            clip), gspo (sequence-level ratio) or cispo (clipped IS weight, stop-gradient).
+        policy_loss: the registered policy loss (core/losses.py): vanilla (PPO clip-higher + dual clip),
+            gspo (sequence-level ratio), cispo (clipped IS weight, stop-gradient), clip_cov or kl_cov.
+        policy_loss_kwargs: extra keyword arguments of the policy loss, checked at construction, e.g. for
+            clip_cov {clip_cov_ratio: 2e-4, clip_cov_lb: 1.0, clip_cov_ub: 5.0}, kl_cov {kl_cov_ratio: 2e-4, ppo_kl_coef: 1.0}.
         loss_agg: token-mean, seq-mean-token-mean, seq-mean-token-sum or seq-mean-token-sum-norm,
             over the mini-batch's global token (sequence) count, all ranks together, as verl.
         loss_horizon: seq-mean-token-sum-norm's constant divisor; None = the rollout's max_new_tokens.
@@ -84,6 +89,8 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
             `<log_dir>/hf_model`; empty string disables the export.
         validation: sampling of the validation hold-out (`validation.n`, `.k`, `.temperature`,
             `.max_tokens`, ...; ares_lit/modules/validation.py); None = the defaults.
+        entropy_control: forking-token mask (`.top_entropy_quantile`) and entropy bonus (`.entropy_coef`,
+            `.adaptive`, ...; ares_lit/modules/entropy_terms.py); None = off.
     """
 
     uses_rollouts = True  # ares_lit/cli.py: the `rollout:` group (RolloutCallback) applies to this stage
@@ -105,6 +112,7 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
         clip_high: float = 0.3,
         clip_dual: float = 3.0,
         policy_loss: str = "vanilla",
+        policy_loss_kwargs: dict | None = None,
         loss_agg: str = "token-mean",
         loss_horizon: int | None = None,
         rollout_correction: str | None = None,
@@ -117,6 +125,7 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
         logit_budget_mb: int = DEFAULT_LOGIT_BUDGET_BYTES // 2**20,
         export_dir: str | None = None,
         validation: ValidationSettings | None = None,
+        entropy_control: EntropyControl | None = None,
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
@@ -124,6 +133,7 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
         check_model_path(model_path)  # a wrong folder fails here, before the Trainer or any tokenizer
         if policy_loss not in POLICY_LOSSES:
             raise ValueError(f"model.policy_loss must be one of {sorted(POLICY_LOSSES)}; got {policy_loss!r}")
+        self.policy_loss_options = PolicyLossOptions(policy_loss, policy_loss_kwargs, "model.policy_loss_kwargs")
         if loss_agg not in AGG_MODES:
             raise ValueError(f"model.loss_agg must be one of {AGG_MODES}; got {loss_agg!r}")
         if rollout_correction not in (None, *ROLLOUT_CORRECTIONS) or rollout_correction_cap < 1.0:
@@ -146,6 +156,7 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
             raise ValueError(f"model.ppo_epochs must be >= 1; got {ppo_epochs}")
         self.save_hyperparameters()
         self._validation_settings().ks()  # a bad validation.k fails before any model loads
+        self.configure_entropy_control(entropy_control)  # so does a bad entropy_control
         self.automatic_optimization = False
         self.policy: torch.nn.Module | None = None
         self.tokenizer = None
@@ -273,6 +284,7 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
                         s, c = nonwindow_kl(kl_tok, micro["response_mask"], micro["window_mask"], micro["bucket"])
                         kl_sum += s
                         kl_cnt += c
+                self.entropy_step_end()  # the adaptive entropy coefficient moves once per optimizer step
                 engine = self._deepspeed_engine()
                 grad_norm = self._grad_norm() if engine is None else 0.0
                 if hp.grad_clip > 0 and engine is None:
@@ -297,27 +309,9 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
         self.log("train/pg_loss", pg, prog_bar=True, on_step=True, on_epoch=False)
         return None
 
-    def _deepspeed_engine(self):
-        return getattr(self._trainer.strategy, "deepspeed_engine", None) if self._trainer is not None else None
-
-    def _accumulation_boundary(self, last: bool) -> None:
-        """Tell DeepSpeed whether this backward ends the mini-batch: ZeRO-2 otherwise reduces and
-        overwrites the gradients at every micro-batch, keeping only the last one's."""
-        engine = self._deepspeed_engine()
-        if engine is not None:
-            engine.set_gradient_accumulation_boundary(last)
-
     def _zero_kl_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.zeros(NUM_BUCKETS, device=self.device, dtype=torch.float64)
         return z, z.clone()
-
-    def _dummy_micro(self, rollout: RolloutBatch | None) -> tuple[dict, float]:
-        """A one-row micro-batch whose loss is multiplied by 0: a real row of this rank, else pad+eos."""
-        if rollout is not None and rollout.size > 0:
-            return rollout.select(torch.zeros(1, dtype=torch.long, device=self.device)), rollout.temperature
-        ids, mask, _, r_len = self._dummy_inputs()
-        row = RolloutBatch.placeholder(ids.to(self.device), mask.to(self.device), r_len, self.reference is not None)
-        return row.select(torch.zeros(1, dtype=torch.long, device=self.device)), 1.0
 
     def mini_batch_losses(self, rollout: RolloutBatch | None, mini: torch.Tensor, normalizer: float, horizon: float | None):
         """Yield (loss, metrics, k3, micro) per micro-batch of a mini-batch, for the caller to backward.
@@ -341,29 +335,11 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
             loss, metrics, k3 = self._micro_loss(micro, rollout.temperature, normalizer, horizon)
             yield loss, metrics, k3, micro
 
-    def _normalizers(self, rollout: RolloutBatch | None, minis: list[torch.Tensor]) -> list[float]:
-        """Each planned mini-batch's loss denominator (verl's global token-mean): its tokens (token-mean) or
-        sequences (seq-mean-*) over ALL ranks, / world_size as DDP averages gradients, so a step is
-        Σ_ranks Σ_tokens ∇ℓ / global count. A collective: every rank calls it once per PPO epoch."""
-        token_mean = self.hparams.loss_agg == "token-mean"
-        none = torch.zeros(1, len(minis), dtype=torch.float64, device=self.device)
-        counts = none if rollout is None else rollout.loss_counts(minis, token_mean)
-        total = all_gather_cat(counts).sum(0)  # [ranks, M] → [M]
-        return (total.clamp_min(1) / world_size()).tolist()
-
-    def _horizon(self, rollout: RolloutBatch | None) -> float | None:
-        """seq-mean-token-sum-norm's constant divisor: model.loss_horizon, else the rollout's
-        max_new_tokens, else (an old pipeline) the padded width; the largest over ranks (a collective)."""
-        if self.hparams.loss_agg != "seq-mean-token-sum-norm":
-            return None
-        h = self.hparams.loss_horizon or (rollout and (rollout.max_new_tokens or rollout.response_len)) or 0
-        return float(world_max(h))
-
     def _micro_loss(self, micro: dict, temperature: float, normalizer: float, horizon: float | None = None):
         """The loss of one micro-batch (`RolloutBatch.select`'s dict, cut to its own width)."""
         hp = self.hparams
         response_len = micro["response_len"]
-        log_probs, _ = response_logprobs(
+        log_probs, entropy = response_logprobs(
             self.policy,
             micro["input_ids"],
             micro["attention_mask"],
@@ -372,6 +348,7 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
             budget_bytes=hp.logit_budget_mb * 2**20,
             multimodal=micro.get("multimodal"),
             vision_always=self._vision_always(),
+            **self.entropy_request(),  # the entropy of this same forward: forking mask, entropy bonus
         )
         mask = micro["response_mask"]
         agg_kwargs = {"normalizer": normalizer, "horizon": horizon or hp.loss_horizon or response_len}
@@ -380,6 +357,7 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
             corr["weights"], tis = rollout_correction(
                 micro["old_log_probs"], micro["engine_log_probs"], mask, hp.rollout_correction, hp.rollout_correction_cap
             )
+        corr, bonus, ent_metrics = self.entropy_terms(micro, entropy, corr, agg_kwargs)  # forking mask in corr["weights"]
         pg_loss, pg_metrics = get_policy_loss(hp.policy_loss)(
             log_probs,
             micro["old_log_probs"],
@@ -391,9 +369,10 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
             agg=hp.loss_agg,
             **agg_kwargs,
             **corr,
+            **self.policy_loss_options(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_step, self.global_rank),
         )
-        metrics = {"pg_loss": pg_loss.detach(), **pg_metrics, **tis}
-        loss = pg_loss
+        metrics = {"pg_loss": pg_loss.detach(), **pg_metrics, **tis, **ent_metrics}
+        loss = pg_loss if bonus is None else pg_loss - bonus  # L − c·H̄
         k3 = None
         if self.reference is not None and micro["ref_log_probs"] is not None:
             kl = kl_estimate(log_probs, micro["ref_log_probs"], hp.kl_estimator)
@@ -409,12 +388,6 @@ class AEPOModule(ScoringMixin, ValidationMixin, pl.LightningModule):
             metrics["kl_beta_mean"] = torch.where(mask, beta, torch.zeros_like(beta)).sum() / mask.sum().clamp_min(1)
         metrics["loss"] = loss.detach()
         return loss, metrics, k3
-
-    def _grad_norm(self) -> float:
-        grads = [p.grad.detach().float().norm() for p in self.policy.parameters() if p.grad is not None]
-        if not grads:
-            return 0.0
-        return float(torch.linalg.vector_norm(torch.stack(grads)))
 
     # ------------------------------------------------------------------ export
     def on_fit_end(self) -> None:

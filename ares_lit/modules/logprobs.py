@@ -6,6 +6,12 @@ keeps only the hidden states and recomputes one chunk of logits at a time: peak 
 O(chunk x V) in fp32, never O(B x T x V). A micro-batch whose response positions fit in one chunk
 skips the checkpoint (same peak, no second LM-head forward).
 
+The exact entropy comes from the same fp32 log-softmax as the log-probs, chunk by chunk: without
+gradient for scoring, the HWE statistics and the forking-token mask; with gradient
+(`entropy_grad=True`) for an entropy bonus in the loss, through `_ChunkEntropy`, whose backward
+needs only the chunk's log-softmax that the log-prob's backward keeps anyway (no extra forward,
+no extra (rows, V) buffer in the graph).
+
 Vision-language policies (Qwen2.5-VL): `decoder_hidden` runs the multimodal base model with the
 prompt's `pixel_values` / `image_grid_thw` and 3-D M-RoPE positions from the model's own
 `get_rope_index` (left padding skipped), the same positions HF `generate` and vLLM use, so the
@@ -21,7 +27,8 @@ from ares_lit.core.entropy import entropy_from_log_probs
 
 __all__ = [
     "banned_token_ids",
-    "chunk_logprobs", "decoder_hidden", "position_ids_from_mask", "response_logprobs", "tokens_per_chunk"]
+    "chunk_logprobs", "chunk_logprobs_entropy", "decoder_hidden", "position_ids_from_mask", "response_logprobs",
+    "tokens_per_chunk"]
 
 DEFAULT_LOGIT_BUDGET_BYTES = 256 * 1024 * 1024
 
@@ -129,6 +136,36 @@ def chunk_logprobs(
     return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+class _ChunkEntropy(torch.autograd.Function):
+    """H = −Σ_v p_v log p_v of one chunk's log-softmax, differentiable: dH/dlog p_v = −p_v·(log p_v + 1),
+    0 on masked vocabulary entries (log p = −inf). Saves only the log-softmax itself."""
+
+    @staticmethod
+    def forward(ctx, log_probs: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(log_probs)
+        return entropy_from_log_probs(log_probs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (log_probs,) = ctx.saved_tensors
+        return -grad.unsqueeze(-1) * log_probs.exp() * (log_probs.nan_to_num(neginf=0.0) + 1.0)
+
+
+def chunk_logprobs_entropy(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    banned: list[int] | None = None,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of `targets` and the exact entropy, from one fp32 log-softmax of the chunk; the
+    entropy carries a gradient only with `entropy_grad`."""
+    lsm = _logits(head, hidden, temperature, banned).log_softmax(-1)
+    logp = lsm.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logp, (_ChunkEntropy.apply(lsm) if entropy_grad else entropy_from_log_probs(lsm.detach()))
+
+
 def response_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -139,6 +176,7 @@ def response_logprobs(
     budget_bytes: int = DEFAULT_LOGIT_BUDGET_BYTES,
     multimodal: dict[str, torch.Tensor] | None = None,
     vision_always: bool = False,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the last `response_len` tokens of each row under softmax(logits / T).
 
@@ -149,6 +187,8 @@ def response_logprobs(
         response_len: R.
         temperature: the sampling temperature (the policy being optimised is softmax(z / T)).
         with_entropy: also return the exact full-vocabulary token entropy (no gradient).
+        entropy_grad: return the entropy with its gradient (for an entropy bonus; implies
+            with_entropy), from the same chunked fp32 log-softmax as the log-probs.
         multimodal: the rows' images ({"pixel_values", "image_grid_thw"}), for VL models.
 
     Returns:
@@ -167,6 +207,7 @@ def response_logprobs(
     flat_t = targets.reshape(-1)
     rows = tokens_per_chunk(_vocab_rows(head), budget_bytes)
     grad = torch.is_grad_enabled() and flat_h.requires_grad
+    with_entropy = with_entropy or entropy_grad
     logps, ents = [], []
     # Under multi-rank ZeRO-3 every LM-head call is a collective: all ranks run the same number of
     # chunks (the last ones empty on ranks with fewer tokens).
@@ -176,16 +217,17 @@ def response_logprobs(
     for c in range(chunks):
         hc, tc = flat_h[c * rows : (c + 1) * rows], flat_t[c * rows : (c + 1) * rows]
         if grad:
-            if chunks > 1:  # recompute this chunk's logits in backward: O(chunk x V) peak memory
-                logps.append(checkpoint(chunk_logprobs, head, hc, tc, temperature, banned, use_reentrant=False))
+            # Several chunks: recompute this chunk's logits in backward (O(chunk x V) peak memory).
+            # One chunk: backward needs that chunk's logits at once either way, so keeping them
+            # from the forward costs no peak memory and saves recomputing the LM head.
+            fn, args = (chunk_logprobs_entropy, (entropy_grad,)) if with_entropy else (chunk_logprobs, ())
+            if chunks > 1:
+                out = checkpoint(fn, head, hc, tc, temperature, banned, *args, use_reentrant=False)
             else:
-                # One chunk: backward needs that chunk's logits at once either way, so keeping them
-                # from the forward costs no peak memory and saves recomputing the LM head.
-                logps.append(chunk_logprobs(head, hc, tc, temperature, banned))
-            if with_entropy:  # no gradient: the same fp32 log-softmax of the chunk, outside the graph
-                with torch.no_grad():
-                    lsm = _logits(head, hc.detach(), temperature, banned).log_softmax(-1)
-                    ents.append(entropy_from_log_probs(lsm))
+                out = fn(head, hc, tc, temperature, banned, *args)
+            logps.append(out[0] if with_entropy else out)
+            if with_entropy:  # the same fp32 log-softmax as the log-probs: no second LM-head pass
+                ents.append(out[1])
             continue
         # No gradient: one fp32 log-softmax per chunk gives both the log-probs and the exact entropy
         # (docs/algorithm.md "Token entropy", over the full vocabulary; banned tokens are -inf and add 0).

@@ -6,7 +6,9 @@
 Arms (configs/ablation/*.yaml, each an overlay on configs/aepo.yaml; they differ only in the named
 switches): `grpo` (accuracy rewards, fixed KL, ρ = 1), `dynamic_kl` (+ the κ_d controller and
 window relaxation), `entropy_shaping` (+ the hierarchical entropy reward), `aepo` (+ HWE
-branching). Every arm is trained once per seed with `python -m ares_lit fit`, one after another,
+branching). Baselines (configs/baselines/<name>.yaml, issue #23) are arms too: each is one
+method added to the `grpo` arm (base + configs/ablation/grpo.yaml + the baseline's overlay), so
+`--arms grpo,aepo,clip_cov,forking_tokens` compares them in one table. Every arm is trained once per seed with `python -m ares_lit fit`, one after another,
 from a config this tool writes (`<output_dir>/runs/<arm>/seed<k>/config.yaml`: base + overlay +
 `--setting`, seeds, output paths, checkpoints every step, validation off). Then every final
 model and the starting model are evaluated with `python -m ares_lit.evaluate` on the held-out
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["ARMS", "SETTINGS", "resolve_config", "main"]
+__all__ = ["ARMS", "BASELINES", "SETTINGS", "overlay_chain", "resolve_config", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]
 ARMS = ("grpo", "dynamic_kl", "entropy_shaping", "aepo")
@@ -98,9 +100,26 @@ def rollout_settings(config: dict) -> dict:
     return rollout.get("init_args", rollout) if "class_path" in rollout else rollout
 
 
+BASELINES = ROOT / "configs" / "baselines"
+
+
+def overlay_chain(arm: str, overlays: Path) -> list[Path]:
+    """The overlays of `arm`: `<overlays>/<arm>.yaml` (an ablation arm), or, for a baseline, the
+    `grpo` arm then `configs/baselines/<arm>.yaml` (a baseline is one method added to GRPO)."""
+    own = overlays / f"{arm}.yaml"
+    if own.exists():
+        return [own]
+    if (BASELINES / f"{arm}.yaml").exists():
+        return [overlays / "grpo.yaml", BASELINES / f"{arm}.yaml"]
+    known = sorted({p.stem for p in overlays.glob("*.yaml")} | {p.stem for p in BASELINES.glob("*.yaml")})
+    raise SystemExit(f"no overlay for arm {arm!r} ({own} or {BASELINES / arm}.yaml); arms are {', '.join(known)}")
+
+
 def resolve_config(arm: str, base: Path, overlays: Path, settings: dict | None = None) -> dict:
-    """configs/aepo.yaml + configs/ablation/<arm>.yaml (+ dotted `settings`), merged as the CLI would."""
-    config = _merge(yaml.safe_load(base.read_text()), yaml.safe_load((overlays / f"{arm}.yaml").read_text()))
+    """configs/aepo.yaml + the arm's overlays (`overlay_chain`) (+ dotted `settings`), merged as the CLI would."""
+    config = yaml.safe_load(base.read_text())
+    for overlay in overlay_chain(arm, overlays):
+        config = _merge(config, yaml.safe_load(overlay.read_text()))
     for k, v in (settings or {}).items():
         _set(config, k, v)
     return config
@@ -290,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--output_dir", required=True, help="runs, evaluations, ablation.json / .md / .png")
     p.add_argument("--quick", action="store_true", help="1 step per arm on the tiny model, a tiny evaluation (a smoke test)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1; --quick: 0)")
-    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms, in training order")
+    p.add_argument("--arms", default=",".join(ARMS),
+                   help="comma-separated arms, in training order: ablation arms (--overlays) and baselines (configs/baselines)")
     p.add_argument("--base", default="configs/aepo.yaml", help="the AEPO config the overlays apply to")
     p.add_argument("--overlays", default="configs/ablation", help="folder of <arm>.yaml overlays")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=YAML",
@@ -311,8 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
     arms = [a for a in args.arms.split(",") if a]
     base, overlays = ROOT / args.base, ROOT / args.overlays
     for a in arms:  # every config error before any training
-        if not (overlays / f"{a}.yaml").exists():
-            raise SystemExit(f"no overlay {overlays / a}.yaml; arms are {', '.join(ARMS)}")
+        overlay_chain(a, overlays)
     configs = {a: resolve_config(a, base, overlays, settings) for a in arms}
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

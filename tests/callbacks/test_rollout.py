@@ -74,6 +74,29 @@ class CheckEngineAfterStep(pl.Callback):
         return prompt + ids, len(prompt)
 
 
+def test_the_length_reward_parses_from_the_cli_and_yaml_and_is_checked(tmp_path):
+    """`--rollout.length_reward.kind=...` and a YAML `length_reward:` block, as the CLI's `rollout:` group
+    parses them (ares_lit/cli.py); null (the default) is off; a bad value fails at construction."""
+    import yaml
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from ares_lit.experience import LengthRewardConfig
+
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_lightning_class_args(RolloutCallback, "rollout", subclass_mode=True, required=False)
+    parser.add_argument("--config", action="config")
+    flags = ["--rollout.engine=hf", "--rollout.length_reward.kind=overlong", "--rollout.length_reward.buffer_len=32"]
+    made = parser.instantiate(parser.parse_args(flags)).rollout.config.length_reward
+    assert made == LengthRewardConfig("overlong", buffer_len=32)
+    config = tmp_path / "overlay.yaml"
+    config.write_text(yaml.safe_dump({"rollout": {"engine": "hf", "length_reward": {"kind": "kimi", "warmup_steps": 10}}}))
+    made = parser.instantiate(parser.parse_args(["--config", str(config)])).rollout.config.length_reward
+    assert made == LengthRewardConfig("kimi", warmup_steps=10)
+    assert RolloutCallback(engine="hf").config.length_reward is None
+    with pytest.raises(ValueError, match="length_reward kind must be one of"):
+        RolloutCallback(engine="hf", length_reward=LengthRewardConfig("short"))
+
+
 def test_weight_sync_after_optimizer_step_vllm(tmp_path, tiny_path):
     """vLLM's log-probs follow the trainer's weights after a step (and differ from the old ones)."""
     reward = write_reward(tmp_path / "r.py", "def f(responses, answers):\n    return [float(len(r) % 2 == 0) for r in responses]\n")

@@ -15,10 +15,15 @@ import torch
 
 import ares_lit.experience.pipeline as pipeline
 import ares_lit.experience.shaping as shaping
-from ares_lit.core import EASY, HARD, MEDIUM, HWEThreshold, entropy_shaping_reward, hwe_window_mask, reward_inversions
-from ares_lit.experience import nonwindow_kl, shaped_reward
+from ares_lit.core import (
+    EASY, HARD, MEDIUM, HWEThreshold, entropy_shaping_reward, hwe_window_mask, kimi_length_reward, reward_inversions,
+    shorter_better_reward,
+)  # fmt: skip
+from ares_lit.experience import ExperienceConfig, LengthRewardConfig, StepSeeds, make_experience, nonwindow_kl, shaped_reward
 from data_modules.difficulty import DifficultyTracker
-from tests.experience.fakes import FakeScorer, FixedControllers, SpyTracker, prompt, run_step
+from tests.experience.fakes import (
+    FakeScorer, FixedControllers, Refill, ScriptedEngine, SpyTracker, StubTokenizer, exact_match_grade, prompt, run_step,
+)  # fmt: skip
 
 
 def mixed_prompts():
@@ -198,3 +203,64 @@ def test_the_experience_pipeline_imports_no_lightning():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------ length rewards (issue #23)
+def _length_step(length_reward, seed=5, **cfg):
+    """One make_experience call with the fakes and a length reward; `seed` may be a StepSeeds."""
+    prompts = mixed_prompts()
+    config = ExperienceConfig(n=4, max_new_tokens=16, window=2, length_reward=length_reward, **cfg)
+    return make_experience(
+        prompts, config, engine=ScriptedEngine(prompts), grade=exact_match_grade(), tracker=SpyTracker(DifficultyTracker()),
+        refill=Refill([]), score_policy=FakeScorer(), score_reference=FakeScorer(-0.5), hwe=HWEThreshold(min_windows=0),
+        tokenizer=StubTokenizer(), seed=seed,
+    ).rollout  # fmt: skip
+
+
+def test_the_length_reward_enters_the_reward_and_its_panels():
+    """R = R_acc + R_entropy + R_len; the scripted response j of a group has j + 2 tokens (2..5)."""
+    r = _length_step(LengthRewardConfig("overlong", max_length=4, buffer_len=2))
+    lengths = r.response_mask.sum(-1).float()
+    assert lengths.tolist() == [2.0, 3.0, 4.0, 5.0] * 3
+    expected = torch.tensor([0.0, -0.5, -1.0, -1.0] * 3)  # free up to 2, -1 at L_max = 4, -1 beyond
+    torch.testing.assert_close(r.extras["length_reward"], expected)
+    acc, ent = r.extras["accuracy"], r.extras["entropy_reward"]
+    assert ent.abs().sum() > 0  # combined with the entropy reward
+    torch.testing.assert_close(r.extras["reward"], acc + ent + expected)
+    assert r.metrics["reward/length"] == pytest.approx(-0.625)
+    for name in ("easy", "medium", "hard"):
+        assert r.metrics[f"bucket/{name}/length_reward"] == pytest.approx(-0.625)
+    # the buckets still come from the accuracy alone
+    assert r.bucket.tolist() == [EASY] * 4 + [MEDIUM] * 4 + [HARD] * 4
+
+
+def test_shorter_better_makes_the_papers_reward_and_kimi_waits_for_its_warm_up():
+    r = _length_step(LengthRewardConfig("shorter_better"), entropy_reward=False)
+    lengths, acc = r.response_mask.sum(-1).float(), r.extras["accuracy"]
+    paper = shorter_better_reward(lengths, acc >= 0.5, r.extras["group_ids"], alpha=2.0, beta=0.001)
+    torch.testing.assert_close(r.extras["reward"], paper)  # R_acc + R_len = α·1[correct] - β·|L - SOL|
+    kimi = LengthRewardConfig("kimi", weight=0.5, warmup_steps=3)
+    before = _length_step(kimi, seed=StepSeeds(5, 0, 2), entropy_reward=False)
+    assert before.extras["length_reward"].abs().sum() == 0 and before.metrics["reward/length"] == 0.0
+    after = _length_step(kimi, seed=StepSeeds(5, 0, 3), entropy_reward=False)
+    expected = kimi_length_reward(lengths, acc >= 0.5, r.extras["group_ids"], weight=0.5)
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(after.extras["length_reward"], expected)
+    torch.testing.assert_close(after.extras["reward"], after.extras["accuracy"] + expected)
+
+
+def test_the_length_reward_is_off_by_default_and_checked_at_construction():
+    r = run_step(mixed_prompts())[0].rollout
+    assert not any(k.startswith("reward/length") or k.endswith("/length_reward") for k in r.metrics)
+    assert r.extras["length_reward"].abs().sum() == 0
+    torch.testing.assert_close(r.extras["reward"], r.extras["accuracy"] + r.extras["entropy_reward"], rtol=0, atol=0)
+    assert LengthRewardConfig("overlong").limits(256) == (256, 51) and LengthRewardConfig("overlong", 100, 10).limits(256) == (100, 10)
+    for bad, match in [
+        (LengthRewardConfig("dapo"), "kind must be one of"),
+        (LengthRewardConfig("overlong", max_length=8, buffer_len=9), "buffer_len must be in"),
+        (LengthRewardConfig("overlong", buffer_len=0), "buffer_len must be in"),
+        (LengthRewardConfig("kimi", weight=-1.0), ">= 0"),
+        (LengthRewardConfig("kimi", warmup_steps=-1), ">= 0"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            ExperienceConfig(length_reward=bad).check()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ares_lit.batch import RolloutBatch
-from ares_lit.core import POLICY_LOSSES, DynamicKL, get_policy_loss
+from ares_lit.core import POLICY_LOSSES, DynamicKL, PolicyLossOptions, get_policy_loss
 from ares_lit.models.tiny import build_tiny_qwen2
 from ares_lit.modules.aepo import AEPOModule
 from callbacks.dynamic_kl import DynamicKLCallback
@@ -100,6 +100,28 @@ def test_policy_loss_option_selects_the_registered_loss(module):
     assert len(set(seen.values())) == 3, seen  # three different losses
 
 
+def test_policy_loss_kwargs_and_a_step_seeded_generator_reach_the_loss(module):
+    rb = rollout(module)
+    micro = rb.select(torch.arange(rb.size))
+    norm = module._normalizers(rb, [torch.arange(rb.size)])[0]
+    log_probs, _ = module.score(module.policy, rb.input_ids, rb.attention_mask, rb.response_len, 1.0)
+    seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    for name, kwargs in (("clip_cov", {"clip_cov_ratio": 0.2, "clip_cov_lb": -5.0}), ("kl_cov", {"kl_cov_ratio": 0.3})):
+        module.hparams.policy_loss, module.policy_loss_options = name, PolicyLossOptions(name, kwargs)
+        try:
+            _, metrics, _ = module._micro_loss(micro, 1.0, norm)
+        finally:
+            module.hparams.policy_loss, module.policy_loss_options = "vanilla", PolicyLossOptions("vanilla")
+        # a fresh generator of (run seed, step 0, rank 0): what a resumed run at this step draws
+        expect, expect_metrics = get_policy_loss(name)(
+            log_probs, rb.old_log_probs, rb.advantages, rb.response_mask, 0.2, 0.3, 3.0, normalizer=norm,
+            **PolicyLossOptions(name, kwargs)(seed, 0, 0),
+        )
+        assert float(metrics["pg_loss"]) == pytest.approx(float(expect), rel=1e-5, abs=1e-6)
+        key = "clipfrac" if name == "clip_cov" else "kl_cov/selected_frac"
+        assert float(metrics[key]) == float(expect_metrics[key]) > 0.05  # the options took effect
+
+
 def test_kl_term_uses_dynamic_coefficients_with_rho_in_windows(module):
     rb = rollout(module)
     micro = rb.select(torch.arange(rb.size))
@@ -167,8 +189,10 @@ def test_bad_config_fails_at_construction():
         AEPOModule(loss_agg="token-sum")
     with pytest.raises(ValueError, match="kl_estimator"):
         AEPOModule(kl_estimator="k9")
-    with pytest.raises(ValueError, match=r"model.policy_loss must be one of \['cispo', 'gspo', 'vanilla'.*got 'ppo'"):
+    with pytest.raises(ValueError, match=r"model.policy_loss must be one of \['cispo', 'clip_cov', 'gspo', 'kl_cov', 'vanilla'.*got 'ppo'"):
         AEPOModule(policy_loss="ppo")
+    with pytest.raises(ValueError, match=r"^model.policy_loss_kwargs: policy loss 'kl_cov' takes no option 'kl_cov_coef'; accepted: "):
+        AEPOModule(policy_loss="kl_cov", policy_loss_kwargs={"kl_cov_coef": 1.0})
     with pytest.raises(ValueError, match=r"model.rollout_correction must be null or one of \('token_tis', 'seq_mask'\)"):
         AEPOModule(rollout_correction="tis")
     with pytest.raises(ValueError, match="rollout_correction_cap"):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from ares_lit.cli import main
-from ares_lit.tools.ablate import ARMS, rollout_settings
+from ares_lit.tools.ablate import ARMS, BASELINES, overlay_chain, rollout_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SWITCHES = {
@@ -69,6 +69,37 @@ def test_arms_differ_only_in_their_switches(base, folder, capsys, monkeypatch):
         main(["fit", "--config", str(ROOT / base), "--print_config"])
     plain = _flat(yaml.safe_load("\n".join(x for x in capsys.readouterr().out.splitlines() if not x.startswith("[20"))))
     assert {k for k in plain.keys() | flat["entropy_shaping"].keys() if plain.get(k) != flat["entropy_shaping"].get(k)} == set()
+
+
+# Each baseline (configs/baselines/<name>.yaml) is the `grpo` arm plus exactly these switches.
+BASELINE_SWITCHES = {
+    "clip_cov": {"model.init_args.policy_loss", "model.init_args.policy_loss_kwargs"},
+    "kl_cov": {"model.init_args.policy_loss", "model.init_args.policy_loss_kwargs"},
+    "forking_tokens": {"model.init_args.entropy_control"},
+    "entropy_bonus": {"model.init_args.entropy_control"},
+    "adaptive_entropy": {"model.init_args.entropy_control"},
+    "overlong": {"RolloutCallback.length_reward"},
+    "kimi_length": {"RolloutCallback.length_reward"},
+    "shorter_better": {"RolloutCallback.length_reward"},
+}
+
+
+def test_baselines_differ_from_grpo_only_in_their_switches(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["ares_lit"])
+    assert sorted(p.stem for p in BASELINES.glob("*.yaml")) == sorted(BASELINE_SWITCHES)
+    grpo = _flat(_resolved("configs/aepo.yaml", "configs/ablation/grpo.yaml", capsys))
+    for name, switches in BASELINE_SWITCHES.items():
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", "--config", str(ROOT / "configs/aepo.yaml"), "--config", str(ROOT / "configs/ablation/grpo.yaml"),
+                  "--config", str(BASELINES / f"{name}.yaml"), "--print_config"])  # fmt: skip
+        assert exc.value.code in (0, None)
+        out = "\n".join(line for line in capsys.readouterr().out.splitlines() if not line.startswith("[20"))
+        flat = _flat(yaml.safe_load(out))
+        diff = {k for k in grpo.keys() | flat.keys() if grpo.get(k) != flat.get(k)}
+        diff = {next((s for s in switches if k == s or k.startswith(s + ".")), k) for k in diff}
+        assert diff == switches, (name, diff)
+        # the ablation tool resolves the same chain: the grpo arm, then the baseline
+        assert [p.name for p in overlay_chain(name, ROOT / "configs/ablation")] == ["grpo.yaml", f"{name}.yaml"]
 
 
 def test_quick_ablation_writes_json_table_and_figure_and_resumes(tmp_path):
