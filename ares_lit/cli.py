@@ -49,6 +49,9 @@ class _RunState:
     """Where the current `main` call is: set by AresCLI's hooks, read by `main`'s error handler."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.training = False  # the first training batch has started
         self.new_log_dir: str | None = None  # a log folder this run creates (removed if it fails to start)
 
@@ -86,7 +89,7 @@ class AresCLI(LightningCLI):
         # `trainer.enable_progress_bar: false` wins over a progress bar listed in the config's
         # callbacks (configs/*.yaml list callbacks.progress.RolloutProgressBar): Lightning refuses the pair.
         if trainer.enable_progress_bar is False and trainer.callbacks:
-            trainer.callbacks = [c for c in trainer.callbacks if not _is_progress_bar(c)]
+            trainer.callbacks = [c for c in trainer.callbacks if not _is_a(c, ProgressBar)]
         _check_rollout(config)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
@@ -118,25 +121,18 @@ def _import(class_path: str):
     return getattr(importlib.import_module(module), name, None)
 
 
-def _is_progress_bar(entry) -> bool:
+def _is_a(entry, base: type) -> bool:
+    """A trainer.callbacks entry (a class_path Namespace, or an instance) is a `base`."""
     class_path = getattr(entry, "class_path", None)
     if class_path is None:
-        return isinstance(entry, ProgressBar)
+        return isinstance(entry, base)
     cls = _import(class_path)
-    return isinstance(cls, type) and issubclass(cls, ProgressBar)
-
-
-def _is_rollout(entry) -> bool:
-    class_path = getattr(entry, "class_path", None)
-    if class_path is None:
-        return isinstance(entry, RolloutCallback)
-    cls = _import(class_path)
-    return isinstance(cls, type) and issubclass(cls, RolloutCallback)
+    return isinstance(cls, type) and issubclass(cls, base)
 
 
 def _check_rollout(config) -> None:
     """One place for the rollout settings, and only on a stage that makes rollouts."""
-    listed = [c for c in (config.trainer.callbacks or []) if _is_rollout(c)]
+    listed = [c for c in (config.trainer.callbacks or []) if _is_a(c, RolloutCallback)]
     if listed and config.get("rollout") is not None:
         raise ValueError(
             "rollout settings are given twice: callbacks.rollout.RolloutCallback under trainer.callbacks and a "
@@ -183,7 +179,7 @@ def main(args: list[str] | None = None, run: bool = True) -> AresCLI:
     else:
         args = [a for a in args if a != "--debug"]
     AresArgumentParser.debug = debug
-    _STATE.__init__()
+    _STATE.reset()
     try:
         return AresCLI(
             LightningModule,

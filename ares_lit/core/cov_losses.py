@@ -27,6 +27,15 @@ def _check_ratio(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in (0, 1]; got {value}")
 
 
+def _surrogate(log_probs, old_log_probs, advantages, mask):
+    """The terms both losses start from: A as [B, T], the valid mask, d = logπ_θ - logπ_old
+    (unclamped, as verl's metrics use it), r = exp(clamp(d, ±20)) and -A·r."""
+    advantages = _token_advantages(advantages, log_probs).expand_as(log_probs)
+    neg_kl = log_probs - old_log_probs
+    ratio = torch.exp(torch.clamp(neg_kl, min=-20.0, max=20.0))
+    return advantages, mask.bool(), neg_kl, ratio, -advantages * ratio
+
+
 @register_policy_loss("clip_cov")
 def clip_cov_policy_loss(
     log_probs: torch.Tensor,
@@ -67,11 +76,7 @@ def clip_cov_policy_loss(
     verl does not clamp the log-ratio: the two differ only where |logπ_θ - logπ_old| > 20.
     """
     _check_ratio("clip_cov_ratio", clip_cov_ratio)
-    advantages = _token_advantages(advantages, log_probs).expand_as(log_probs)
-    valid = mask.bool()
-    neg_kl = log_probs - old_log_probs
-    ratio = torch.exp(torch.clamp(neg_kl, min=-20.0, max=20.0))
-    loss1 = -advantages * ratio
+    advantages, valid, neg_kl, ratio, loss1 = _surrogate(log_probs, old_log_probs, advantages, mask)
     loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     with torch.no_grad():
         clipped = (loss2 > loss1) & valid
@@ -133,11 +138,7 @@ def kl_cov_policy_loss(
     `clipfrac_lower` are 0 (nothing is clipped); also `kl_cov/selected_frac`, the share penalised.
     """
     _check_ratio("kl_cov_ratio", kl_cov_ratio)
-    advantages = _token_advantages(advantages, log_probs).expand_as(log_probs)
-    valid = mask.bool()
-    neg_kl = log_probs - old_log_probs
-    ratio = torch.exp(torch.clamp(neg_kl, min=-20.0, max=20.0))
-    loss1 = -advantages * ratio
+    advantages, valid, neg_kl, _, loss1 = _surrogate(log_probs, old_log_probs, advantages, mask)
     with torch.no_grad():
         flat = valid.flatten().nonzero().squeeze(1)
         selected = torch.zeros(log_probs.numel(), dtype=torch.bool, device=log_probs.device)
