@@ -263,7 +263,7 @@ class ColdstartDataModule(PolicyDataModule):
 
         val = PromptDataModule(
             path=hp.val_path, tokenizer_path=hp.tokenizer_path, question_key=hp.question_key,
-            answer_key=hp.answer_key, image_key=None if hp.val_path.startswith("builtin:math") else hp.image_key,
+            answer_key=hp.answer_key, image_key=None if hp.val_path.startswith(("builtin:math", "builtin:chain")) else hp.image_key,
             min_pixels=hp.min_pixels, max_pixels=hp.max_pixels, prompt_suffix=hp.prompt_suffix,
             system_prompt=hp.system_prompt, max_prompt_length=hp.max_length, batch_size=1, shuffle=False,
         )

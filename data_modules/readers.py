@@ -38,8 +38,8 @@ __all__ = [
     "trace_candidates",
 ]
 
-BUILTINS = ("builtin:math", "builtin:math:test", "builtin:visual", "builtin:visual:test")
-POOL_BUILTINS = ("builtin:coldstart", "builtin:visual")  # the cold-start pools (builtin:visual: with images)
+BUILTINS = ("builtin:math", "builtin:math:test", "builtin:visual", "builtin:visual:test", "builtin:chain", "builtin:chain:test")
+POOL_BUILTINS = ("builtin:coldstart", "builtin:visual", "builtin:chain")  # cold-start pools (builtin:visual: images)
 MALFORMED = object()  # sentinel: a value that cannot be used as text
 _ID_SEP = "\x1f"  # unit separator: ("a", "bc") and ("ab", "c") must not hash alike
 
@@ -216,6 +216,8 @@ def read_prompt_source(path: str, split: str, builtin_size: int, builtin_seed: i
     if path in BUILTINS:
         if path.startswith("builtin:math"):
             from data_modules import builtin_math as builtin
+        elif path.startswith("builtin:chain"):
+            from data_modules import builtin_chain as builtin
         else:
             from data_modules import builtin_visual as builtin
         test = path.endswith(":test")
@@ -234,13 +236,18 @@ def read_pool(path: str, builtin_size: int, builtin_seed: int) -> tuple[Source, 
         if path == "builtin:coldstart":
             rows: list[Any] = coldstart_pool.generate_pool(builtin_size, builtin_seed)
             columns = ["id", "source", "question", "answer", "level", "k", "n", "traces"]
+        elif path == "builtin:chain":
+            from data_modules import builtin_chain
+
+            rows = builtin_chain.generate_pool(builtin_size, builtin_seed)
+            columns = list(rows[0]) if rows else ["id", "source", "question", "answer", "level", "k", "n", "traces"]
         else:
             rows = coldstart_pool.generate_visual_pool(builtin_size, builtin_seed)
             columns = list(rows[0])
         return Source(rows, columns, 0, path, None), f"{path}/{builtin_size}/{builtin_seed}"
     if path.startswith("builtin:"):
         raise ValueError(
-            f"unknown builtin pool {path!r}; use {POOL_BUILTINS[0]!r}, {POOL_BUILTINS[1]!r} or a .json/.jsonl/.parquet file"
+            f"unknown builtin pool {path!r}; use one of {', '.join(POOL_BUILTINS)} or a .json/.jsonl/.parquet file"
         )
     rows, columns, unreadable, name = load_rows(path, "train")
     fingerprint = hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()

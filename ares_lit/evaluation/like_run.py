@@ -126,7 +126,7 @@ class RunConfig:
             spec["path"] = str(val_path)
             if coldstart:  # ColdstartDataModule reads val_path with PromptDataModule's split and no id key
                 spec.pop("split", None), spec.pop("id_key", None)
-                if str(val_path).startswith("builtin:math"):
+                if str(val_path).startswith(("builtin:math", "builtin:chain")):
                     spec.pop("image_key", None)
             if d.get("builtin_seed"):
                 spec["builtin_seed"] = int(d["builtin_seed"])

@@ -25,7 +25,7 @@ from typing import Any
 
 __all__ = ["Source", "parse_source", "check_columns", "check_sources", "load_problems"]
 
-_TEST_SPLITS = {"builtin:math": "builtin:math:test", "builtin:visual": "builtin:visual:test"}
+_TEST_SPLITS = {"builtin:math": "builtin:math:test", "builtin:visual": "builtin:visual:test", "builtin:chain": "builtin:chain:test"}
 _KEYS = ("question_key", "answer_key", "image_key", "id_key", "split")
 _OPTIONS = ("builtin_seed", "builtin_size", "val_size", "seed")  # PromptDataModule settings of a run's held-out data
 
@@ -74,7 +74,7 @@ def parse_source(spec: str, defaults: dict[str, Any]) -> Source:
             name = Path(spec).name  # a file's name, not its folder, labels its rows
     if options.get("val_size"):  # a run's hold-out of its training source: never trained on
         return Source(path=path, name=name, options=options, **{k: values[k] for k in _KEYS if k in values})
-    if path in ("builtin:math:train", "builtin:visual:train"):
+    if path in ("builtin:math:train", "builtin:visual:train", "builtin:chain:train"):
         raise ValueError(f"--data {path!r}: evaluate on the held-out test split ({path.rsplit(':', 1)[0]}), not on training data")
     path = _TEST_SPLITS.get(path, path)
     name = name if name not in _TEST_SPLITS.values() else name.rsplit(":", 1)[0]

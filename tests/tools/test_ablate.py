@@ -102,29 +102,93 @@ def test_baselines_differ_from_grpo_only_in_their_switches(capsys, monkeypatch):
         assert [p.name for p in overlay_chain(name, ROOT / "configs/ablation")] == ["grpo.yaml", f"{name}.yaml"]
 
 
-def test_quick_ablation_writes_json_table_and_figure_and_resumes(tmp_path):
+def test_ares_preset_starts_every_arm_from_the_one_cold_start_model(tmp_path, capsys, monkeypatch):
+    """The two-stage preset's resolved configs (the real CLI, --print_config): every RL arm and seed starts from
+    the cold-start export, and the cold start itself starts from the base model on the chain pool."""
+    from ares_lit.tools.ablate import main as ablate
+
+    written = ablate(["--output_dir", str(tmp_path), "--dry_run"])["configs"]
+    assert "dry run" in capsys.readouterr().out and not (tmp_path / "ablation.json").exists()
+    cold, runs = Path(written[0]), [Path(p) for p in written[1:]]
+    assert cold == tmp_path / "coldstart" / "config.yaml"
+    seeds = {}
+    for run in runs:
+        seeds.setdefault(run.parts[-3], []).append(int(run.parts[-2].removeprefix("seed")))
+    assert seeds == {"grpo": [0, 1, 2], "entropy_shaping": [0, 1], "aepo": [0, 1, 2], "forking_tokens": [0, 1], "kimi_length": [0, 1]}
+    monkeypatch.setattr(sys, "argv", ["ares_lit"])
+    starts = set()
+    for path in runs:
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", "--config", str(path), "--print_config"])
+        assert exc.value.code in (0, None)
+        resolved = yaml.safe_load("\n".join(x for x in capsys.readouterr().out.splitlines() if not x.startswith("[20")))
+        starts.add(resolved["model"]["init_args"]["model_path"])
+        assert resolved["data"]["init_args"]["path"] == "builtin:chain"
+    assert starts == {str(tmp_path / "coldstart" / "hf_model")}
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(cold), "--print_config"])
+    resolved = yaml.safe_load("\n".join(x for x in capsys.readouterr().out.splitlines() if not x.startswith("[20")))
+    assert resolved["model"]["init_args"]["export_dir"] == str(tmp_path / "coldstart" / "hf_model")
+    assert resolved["data"]["init_args"]["path"] == "builtin:chain"
+
+
+def _ablate(args: list[str], tmp_path: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ARES_LIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "ares_lit.tools.ablate", "--quick", "--output_dir", str(tmp_path / "abl")]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return subprocess.run([sys.executable, "-m", "ares_lit.tools.ablate", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def test_quick_two_stage_ablation_writes_json_table_and_figures_and_resumes(tmp_path):
+    """`--quick` on the ares preset: the cold start (AdaCS on the chain pool) once, then two arms from its export
+    (1 step each, tiny model), every evaluation, the gate, the report; a second call reruns nothing."""
     out = tmp_path / "abl"
+    args = ["--quick", "--output_dir", str(out), "--arms", "grpo,aepo"]
+    res = _ablate(args, tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     result = json.loads((out / "ablation.json").read_text())
-    assert list(result["arms"]) == list(ARMS) and result["seeds"] == [0]
-    assert 0.0 <= result["start"]["all"]["accuracy"] <= 1.0 and result["start"]["all"]["length"] > 0
-    for arm in ARMS:
+    assert list(result["arms"]) == ["grpo", "aepo"] and result["seeds"] == {"grpo": [0], "aepo": [0]}
+    cold = json.loads((out / "coldstart" / "DONE").read_text())
+    assert cold["seconds"] > 0 and len(cold["model_sha256"]) == 64
+    assert set(result["models"]) == {"base", "coldstart"} and result["start"] == result["models"]["coldstart"]
+    for model in result["models"].values():
+        assert {"easy", "medium", "hard"} <= set(model) and model["all"]["length"] > 0
+    assert isinstance(result["coldstart"]["gate"]["passed"], bool) and len(result["coldstart"]["gate"]["checks"]) == 3
+    targets = [result["coldstart"]["curation"][lv]["L_target"] for lv in ("easy", "medium", "hard")]
+    assert targets == sorted(targets) and targets[0] < targets[-1]  # AdaCS: L_target(p) rises with difficulty
+    for arm in ("grpo", "aepo"):
         (seed,) = result["arms"][arm]["seeds"]
+        assert seed["start_model_sha256"] == cold["model_sha256"]  # byte for byte the cold-start model
         assert seed["fit_seconds"] > 0 and 0.0 <= seed["eval"]["all"]["accuracy"] <= 1.0
         assert any(t.endswith("/response_length") for t in seed["curves"])  # read back from TensorBoard
         cfg = yaml.safe_load((out / "runs" / arm / "seed0" / "config.yaml").read_text())
         assert rollout_settings(cfg)["seed"] == 0 and cfg["trainer"]["max_steps"] == 1
+        assert cfg["model"]["init_args"]["model_path"] == str(out / "coldstart" / "hf_model")
         assert (out / "runs" / arm / "seed0" / "hf_model" / "config.json").exists()
     table = (out / "ablation.md").read_text()
-    assert all(f"| {name} |" in table for name in ("start", *ARMS))
-    # the controllers table: one row per arm at its only step; α_d is still α_0 (calibrating)
-    assert all(f"| {name} | 0 | 0.50 |" in table for name in ARMS), table
+    assert "AdaCS curation by level" in table and "Cold-start gate" in table
+    assert all(f"| {name} | 0 | 0.50 |" in table for name in ("grpo", "aepo")), table
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A second call finds every fit and evaluation done: nothing is retrained or re-sampled.
     logs = {p: p.stat().st_mtime for p in out.rglob("*.log")}
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    res = _ablate(args, tmp_path, timeout=600)
     assert res.returncode == 0 and "[ablate] fit" not in res.stdout and "[ablate] evaluate" not in res.stdout
+    assert "[ablate] cold start" not in res.stdout
     assert {p: p.stat().st_mtime for p in out.rglob("*.log")} == logs
+
+
+@pytest.mark.slow
+def test_quick_one_stage_ablation_still_runs_under_its_own_name(tmp_path):
+    """The issue #15 setting (`--preset one_stage`): RL from the start model on builtin:math, four arms, no cold start."""
+    out = tmp_path / "abl"
+    res = _ablate(["--quick", "--preset", "one_stage", "--output_dir", str(out)], tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    result = json.loads((out / "ablation.json").read_text())
+    assert list(result["arms"]) == list(ARMS) and result["seeds"] == {a: [0] for a in ARMS}
+    assert "models" not in result and "coldstart" not in result and not (out / "coldstart").exists()
+    assert 0.0 <= result["start"]["all"]["accuracy"] <= 1.0 and result["start"]["all"]["length"] > 0
+    for arm in ARMS:
+        cfg = yaml.safe_load((out / "runs" / arm / "seed0" / "config.yaml").read_text())
+        assert cfg["data"]["init_args"]["path"] == "builtin:math" and cfg["trainer"]["max_steps"] == 1
+    table = (out / "ablation.md").read_text()
+    assert all(f"| {name} |" in table for name in ("start", *ARMS))
+    assert all(f"| {name} | 0 | 0.50 |" in table for name in ARMS), table
