@@ -45,7 +45,7 @@ _TINY_RL = {  # + a parity reward_fn (QUICK_REWARD): a smoke test of the tool, n
     "rollout.max_new_tokens": 8,
 }
 SETTINGS: dict[str, dict] = {
-    "ares": {"trainer.max_steps": 16, "model.init_args.lr": 1.0e-5},
+    "ares": {"trainer.max_steps": 12, "model.init_args.lr": 2.0e-5},
     "ares_quick": {**_TINY_RL, "data.init_args.max_prompt_length": 128},
     "one_stage": {"trainer.max_steps": 20, "model.init_args.lr": 1.0e-5},
     "one_stage_quick": dict(_TINY_RL),
