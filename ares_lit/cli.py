@@ -146,10 +146,30 @@ def _check_rollout(config) -> None:
             f"{model.class_path} trains on rollouts and this config has no `rollout:` block (the rollout engine, n, "
             "temperature, ...): add one, as configs/aepo.yaml does"
         )
+    _check_context(config, listed)
     if config.get("rollout") is not None and model_cls is not None and not getattr(model_cls, "uses_rollouts", False):
         raise ValueError(
             f"rollout settings apply to the AEPO stage only; {model.class_path} makes no rollouts: "
             "remove `rollout:` / --rollout.* from this run"
+        )
+
+
+def _check_context(config, listed) -> None:
+    """The prompt and the response fit the model's context (its config.json; no model loads)."""
+    from ares_lit.models.resolve import model_context
+
+    rollout = config.get("rollout") or (listed[0] if listed else None)
+    args = getattr(rollout, "init_args", rollout) if rollout is not None else None
+    model_args = getattr(config.get("model"), "init_args", None)
+    data_args = getattr(config.get("data"), "init_args", None)
+    if args is None or model_args is None or data_args is None:
+        return
+    new, prompt = args.get("max_new_tokens"), data_args.get("max_prompt_length")
+    context = model_context(model_args.get("model_path") or "")
+    if isinstance(new, int) and isinstance(prompt, int) and context and prompt + new > context:
+        raise ValueError(
+            f"data.max_prompt_length {prompt} + rollout.max_new_tokens {new} exceed the context of "
+            f"{model_args.get('model_path')} ({context} tokens): lower rollout.max_new_tokens or data.max_prompt_length"
         )
 
 

@@ -76,8 +76,9 @@ def describe_parse_error(message: str, parser=None) -> str:
         hint = f"; did you mean --{close[0]}?" if close else ""
         return f"unknown option --{key}{hint}"
     m = re.search(r"Group '([^']+)' does not accept option '([^']+)'", message)
-    if m:
-        group, key = m.groups()
+    s = re.search(r"Subcommand '[^']+' does not accept option '([^'.]+)\.([^']+)'", message)
+    if m or s:
+        group, key = (m or s).groups()
         keys = [k[len(group) + 1:] for k in _parser_keys(parser) if k.startswith(group + ".")] if parser else []
         return f"unknown key '{key}' in {group}{did_you_mean(key, keys)}"
     path: list[str] = []

@@ -17,11 +17,14 @@ __all__ = ["load_reward_fn"]
 def load_reward_fn(spec: str) -> Callable[[list[str], list[str]], list]:
     """Load `path/to/file.py:function`; a clear error names what is missing."""
     if ":" not in spec:
-        raise ValueError(f"reward_fn must look like 'path/to/file.py:function'; got {spec!r}")
+        raise ValueError(f"rollout.reward_fn must look like 'path/to/file.py:function'; got {spec!r}")
     path_str, name = spec.rsplit(":", 1)
     path = Path(path_str).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"reward_fn file {path} does not exist")
+        raise FileNotFoundError(
+            f"rollout.reward_fn file {path} does not exist (relative to {Path.cwd()}); give an existing "
+            "path/to/file.py:function, or remove rollout.reward_fn to grade with math-verify"
+        )
     module_spec = importlib.util.spec_from_file_location(f"ares_user_reward_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

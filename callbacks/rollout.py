@@ -25,7 +25,7 @@ from ares_lit.experience.scoring import check_policy_scoring, reuse_engine_score
 from ares_lit.modules.scoring import in_precision
 from ares_lit.modules.zero import gathered_parameters, zero3_enabled
 from ares_lit.progress import report_phase
-from ares_lit.rollout.vllm_logs import check_vllm_log_level
+from ares_lit.rollout.vllm_logs import check_vllm_importable, check_vllm_log_level
 
 __all__ = ["RolloutCallback"]
 
@@ -157,7 +157,8 @@ class RolloutCallback(pl.Callback):
         # n, temperature, top_p, max_new_tokens >= window, max_refill_tries, advantage, branching, length_reward
         self.config.check()
         if engine not in ("vllm", "hf"):
-            raise ValueError(f"rollout engine must be 'vllm' or 'hf'; got {engine!r}")
+            raise ValueError(f"rollout.engine must be 'vllm' or 'hf'; got {engine!r}")
+        check_vllm_importable(engine)  # before the model loads: the engine is built after it
         if sleep_level not in (0, 1, 2):
             raise ValueError(f"sleep_level must be 0 (never sleep), 1 or 2 (vLLM sleep levels); got {sleep_level}")
         check_policy_scoring(policy_scoring)

