@@ -1,27 +1,34 @@
-"""`python -m ares_lit.tools.ablate`: the ARES ablation in miniature (docs/ablation.md; issue #15).
+"""`python -m ares_lit.tools.ablate`: the ARES ablation in miniature (docs/ares.md, docs/ablation.md).
 
-    python -m ares_lit.tools.ablate --output_dir runs/ablation            # the measured setting
-    python -m ares_lit.tools.ablate --output_dir /tmp/abl --quick          # 1 step per arm, tiny model
+    python -m ares_lit.tools.ablate --output_dir runs/ares                          # both stages (preset `ares`)
+    python -m ares_lit.tools.ablate --output_dir /tmp/abl --quick                   # both stages, tiny model
+    python -m ares_lit.tools.ablate --preset one_stage --output_dir runs/ablation   # the issue #15 setting
 
-Arms (configs/ablation/*.yaml, each an overlay on configs/aepo.yaml; they differ only in the named
+Presets (`PRESETS` in ablate_configs.py). `ares` (issue #24) runs the whole method on the
+chained-arithmetic task (`builtin:chain`): the cold start (configs/coldstart.yaml +
+configs/chain/coldstart.yaml) once, in `<output_dir>/coldstart/`; the base and cold-start models
+evaluated; the gate (`GATE`: stops before RL when it fails, unless --no_gate); then every arm from
+the cold-start export. `one_stage` (issue #15) trains the arms from the base model on builtin:math.
+
+Arms (configs/ablation/*.yaml, each an overlay on the base configs; they differ only in the named
 switches): `grpo` (accuracy rewards, fixed KL, ρ = 1), `dynamic_kl` (+ the κ_d controller and
 window relaxation), `entropy_shaping` (+ the hierarchical entropy reward), `aepo` (+ HWE
 branching). Baselines (configs/baselines/<name>.yaml, issue #23) are arms too: each is one
-method added to the `grpo` arm (base + configs/ablation/grpo.yaml + the baseline's overlay), so
-`--arms grpo,aepo,clip_cov,forking_tokens` compares them in one table. Every arm is trained once per seed with `python -m ares_lit fit`, one after another,
-from a config this tool writes (`<output_dir>/runs/<arm>/seed<k>/config.yaml`: base + overlay +
-`--setting`, seeds, output paths, checkpoints every step, validation off). Then every final
-model and the starting model are evaluated with `python -m ares_lit.evaluate` on the held-out
-split: same problems, seeds and n.
+method added to the `grpo` arm (base + configs/ablation/grpo.yaml + the baseline's overlay). Every
+arm is trained once per seed (`--seeds`, per arm or for all) with `python -m ares_lit fit`, one
+after another, from a config this tool writes (`<output_dir>/runs/<arm>/seed<k>/config.yaml`: base
++ overlay + `--setting`, seeds, output paths, validation off; `--dry_run` writes them and stops).
+Then every final model and the starting models are evaluated with `python -m ares_lit.evaluate`
+on the held-out split: same problems, seeds and n.
 
 Resumable: a finished fit (its `DONE` file) or evaluation (its `metrics.json`) is not rerun, and
-an interrupted fit resumes from its `ckpt/last.ckpt` (saved every 5 steps, deleted once the fit
-is done: the exported model is what the evaluation needs). Written to `--output_dir`: `ablation.json`
-(settings, wall times, per arm and seed the evaluation by level, and the TensorBoard curves),
-`ablation.md` (the table: mean ± spread over seeds, and the controllers' α_d, τ, N_HE and reward
-inversions at the first, middle and last step), and `ablation.png` (accuracy and mean
-response length per difficulty level and arm; per-step `bucket/*/accuracy` and
-`bucket/*/response_length`).
+an interrupted fit resumes from its `ckpt/last.ckpt` (deleted once the fit is done: the exported
+model is what the evaluation needs). Each `DONE` records the sha256 of the weights the fit started
+from (and the cold start's, of the weights it exported). Written to `--output_dir`: `ablation.json`
+(settings, wall times, the evaluations by level, the gate, the curation by level, the TensorBoard
+curves), `ablation.md` (the table with ± SE, the claims table, the gate, the curation, the
+controllers), `ablation.png`, and for the two-stage preset `ares_length.png`, `ares_accuracy.png`
+and `ares_curves.png` (ablate_report.py, ablate_figures.py).
 """
 
 from __future__ import annotations
@@ -174,7 +181,7 @@ def write_report(result: dict, out: Path) -> str:
     from ares_lit.tools import ablate_report as report
 
     parts = [summarize(result)]
-    if hasattr(report, "claims_table") and "models" in result:
+    if "models" in result:
         parts += ["\nClaims of the paper (rules: docs/ares.md):\n", report.claims_table(result)]
     if result.get("coldstart"):
         cs = result["coldstart"]
@@ -187,7 +194,7 @@ def write_report(result: dict, out: Path) -> str:
     table = "".join(parts)
     (out / "ablation.md").write_text(table)
     figure(result, out / "ablation.png")
-    if hasattr(report, "paper_figures") and "models" in result:
+    if "models" in result:
         report.paper_figures(result, out)
     print(table, flush=True)
     return table

@@ -165,7 +165,9 @@ def test_quick_two_stage_ablation_writes_json_table_and_figures_and_resumes(tmp_
         assert cfg["model"]["init_args"]["model_path"] == str(out / "coldstart" / "hf_model")
         assert (out / "runs" / arm / "seed0" / "hf_model" / "config.json").exists()
     table = (out / "ablation.md").read_text()
-    assert "AdaCS curation by level" in table and "Cold-start gate" in table
+    assert "AdaCS curation by level" in table and "Cold-start gate" in table and "Claims of the paper" in table
+    for png in ("ablation.png", "ares_length.png", "ares_accuracy.png", "ares_curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert all(f"| {name} | 0 | 0.50 |" in table for name in ("grpo", "aepo")), table
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A second call finds every fit and evaluation done: nothing is retrained or re-sampled.
