@@ -95,6 +95,7 @@ def evaluate(name: str, model_path: str, config: dict, eval_cfg: dict, out: Path
         cmd = [
             sys.executable, "-m", "ares_lit.evaluate", "--model_path", model_path, "--data", data,
             "--n", str(eval_cfg["n"]), "--max_tokens", str(eval_cfg["max_tokens"]), "--limit", str(eval_cfg["limit"]),
+            "--batch_size", str(eval_cfg.get("batch_size", 16)),
             "--temperature", str(rc.get("temperature", 1.0)), "--top_p", str(rc.get("top_p", 1.0)),
             "--answer_fallback", rc.get("answer_fallback", "none"), "--engine", engine, "--seed", "0",
             "--output_dir", str(eval_dir), "--no_progress", "--no_like_run",
