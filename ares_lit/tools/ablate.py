@@ -37,6 +37,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,25 +65,33 @@ def _run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def fit(arm: str, seed: int, config: dict, out: Path) -> float:
-    """Train one arm and seed (skipped when done, resumed from last.ckpt when interrupted)."""
-    run_dir = out / "runs" / arm / f"seed{seed}"
+def _train(config: dict, run_dir: Path, label: str, before=dict, after=dict) -> dict:
+    """`python -m ares_lit fit` of a run folder, once: skipped when its DONE exists, resumed from ckpt/last.ckpt when
+    interrupted. DONE holds the seconds and the fields
+    of `before()` (called before the fit) and `after()` (after it); the checkpoints go once done (optimizer state is
+    GBs, and the export is what the evaluation needs)."""
     done = run_dir / "DONE"
-    if done.exists():
-        return float(json.loads(done.read_text())["seconds"])
-    path = _write_config(run_config(config, run_dir, seed), run_dir / "config.yaml")
-    cmd = [sys.executable, "-m", "ares_lit", "fit", "--config", str(path)]
-    last = run_dir / "ckpt" / "last.ckpt"
-    if last.exists():
-        cmd.append(f"--ckpt_path={last}")
-    print(f"[ablate] fit {arm} seed {seed}{' (resuming)' if last.exists() else ''} ...", flush=True)
-    start_sha = weights_sha256(config["model"]["init_args"]["model_path"])
-    seconds = _run(cmd, run_dir / "fit.log")
-    done.write_text(json.dumps({"seconds": seconds, "start_model_sha256": start_sha}))
-    import shutil
+    if not done.exists():
+        path = _write_config(config, run_dir / "config.yaml")
+        cmd = [sys.executable, "-m", "ares_lit", "fit", "--config", str(path)]
+        last = run_dir / "ckpt" / "last.ckpt"
+        if last.exists():
+            cmd.append(f"--ckpt_path={last}")
+        print(f"[ablate] {label}{' (resuming)' if last.exists() else ''} ...", flush=True)
+        fields = before()
+        seconds = _run(cmd, run_dir / "fit.log")
+        done.write_text(json.dumps({"seconds": seconds, **fields, **after()}))
+        shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
+    return json.loads(done.read_text())
 
-    shutil.rmtree(run_dir / "ckpt", ignore_errors=True)  # the export is what the evaluation needs; optimizer state is GBs
-    return seconds
+
+def fit(arm: str, seed: int, config: dict, out: Path) -> float:
+    """Train one arm and seed; its DONE records the sha256 of the weights it started from."""
+    run_dir = out / "runs" / arm / f"seed{seed}"
+    start = config["model"]["init_args"]["model_path"]
+    done = _train(run_config(config, run_dir, seed), run_dir, f"fit {arm} seed {seed}",
+                  before=lambda: {"start_model_sha256": weights_sha256(start)})  # fmt: skip
+    return float(done["seconds"])
 
 
 def evaluate(name: str, model_path: str, config: dict, eval_cfg: dict, out: Path, engine: str, data: str = "builtin:math") -> dict:
@@ -150,20 +159,7 @@ def run_coldstart(config: dict, cs_dir: Path, out: Path, preset: dict, eval_cfg:
     """Stage 1, once for every arm: AdaCS (resumable: DONE, or resumed from ckpt/last.ckpt), then the base and the
     cold-start models evaluated on the held-out split, the gate, and the curation by level."""
     c = coldstart_config(config, cs_dir)
-    done = cs_dir / "DONE"
-    if not done.exists():
-        path = _write_config(c, cs_dir / "config.yaml")
-        cmd = [sys.executable, "-m", "ares_lit", "fit", "--config", str(path)]
-        last = cs_dir / "ckpt" / "last.ckpt"
-        if last.exists():
-            cmd.append(f"--ckpt_path={last}")
-        print(f"[ablate] cold start{' (resuming)' if last.exists() else ''} ...", flush=True)
-        seconds = _run(cmd, cs_dir / "fit.log")
-        done.write_text(json.dumps({"seconds": seconds, "model_sha256": weights_sha256(str(cs_dir / "hf_model"))}))
-        import shutil
-
-        shutil.rmtree(cs_dir / "ckpt", ignore_errors=True)
-    info = json.loads(done.read_text())
+    info = _train(c, cs_dir, "cold start", after=lambda: {"model_sha256": weights_sha256(str(cs_dir / "hf_model"))})
     base_model = c["model"]["init_args"]["model_path"]
     levels = _by_level(evaluate("coldstart", str(cs_dir / "hf_model"), rl_config, eval_cfg, out, engine, preset["data"]))
     return {
@@ -253,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval_limit", type=int, default=None, help="held-out problems per source (0 = all)")
     args = p.parse_args(argv)
     preset = _preset(args)
-    settings, cs_settings = preset["settings"], dict(preset.get("coldstart_settings", {}).get(preset["mode"], {}))
+    settings, cs_settings = preset["settings"], dict(COLDSTART_SETTINGS.get(preset["mode"], {}))
     for target, items in ((settings, args.setting), (cs_settings, args.coldstart_setting)):
         for item in items:
             key, _, value = item.partition("=")

@@ -60,8 +60,6 @@ COLDSTART_SETTINGS: dict[str, dict] = {
         "data.init_args.batch_size": 4,
     },
 }
-for _name, _preset in PRESETS.items():
-    _preset["coldstart_settings"] = COLDSTART_SETTINGS
 QUICK_REWARD = """def parity(responses, answers):
     return [1.0 if len(r) % 2 == 0 else 0.0 for r in responses]
 """
