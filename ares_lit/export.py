@@ -2,6 +2,10 @@
 
     python -m ares_lit.export --checkpoint runs/aepo/version_0/checkpoints/last.ckpt --output_dir hf_step250
     python -m ares_lit.export --local_dir runs/aepo/version_0/checkpoints     # -> .../checkpoints/huggingface
+    python -m ares_lit.export --checkpoint runs/aepo_lora/.../last.ckpt --output_dir adapter --adapter_only
+
+A LoRA run's checkpoint holds the adapter only; the export rebuilds the run's model with it and
+writes the merged model (default), or the PEFT adapter folder with `--adapter_only`.
 
 The checkpoint is either a Lightning `.ckpt` file (single device, DDP) or the folder that
 DeepSpeed writes in its place (`last.ckpt/` holding `latest` and `checkpoint/*_states.pt`, ZeRO-2
@@ -134,6 +138,7 @@ def export_checkpoint(
     model_path: str | None = None,
     dtype: str = "auto",
     overwrite: bool = False,
+    adapter_only: bool = False,
 ) -> Path:
     """Write the checkpoint's policy as an HF folder (weights, config, tokenizer, image processor).
 
@@ -143,6 +148,7 @@ def export_checkpoint(
         model_path: the run's model (folder, builtin or hub name); None = the checkpoint's hyper-parameters.
         dtype: weights dtype; "auto" = the run's `model.dtype` (float32 when unknown).
         overwrite: replace a model folder already at `output_dir`.
+        adapter_only: a LoRA run's checkpoint: write the PEFT adapter folder instead of the merged model.
     """
     from ares_lit.models.resolve import check_model_path, resolve_model_path
 
@@ -162,10 +168,18 @@ def export_checkpoint(
     model_path = model_path or hparams.get("model_path")
     if not model_path:
         raise ValueError(f"{str(checkpoint)!r} does not record model.model_path; pass --model_path (the run's model)")
+    lora = hparams.get("lora")
+    if adapter_only and lora is None:
+        raise ValueError(f"--adapter_only: {str(checkpoint)!r} is a full fine-tuning checkpoint (its run had no model.lora)")
     source = resolve_model_path(str(model_path))
     if dtype == "auto":
         dtype = hparams.get("dtype") or "float32"
     torch_dtype = getattr(torch, dtype)
+    path = Path(checkpoint).expanduser()
+    info = {"checkpoint": str(path), "log_dir": _run_folder(path), "global_step": ckpt.get("global_step"),
+            "model_path": str(model_path), "source": str(source)}
+    if lora is not None:
+        return _export_lora(lora, weights, source, torch_dtype, Path(output_dir).expanduser(), adapter_only, info, overwrite)
 
     config = AutoConfig.from_pretrained(source)
     cls = AutoModelForImageTextToText if is_vision_language(config) else AutoModelForCausalLM
@@ -187,11 +201,34 @@ def export_checkpoint(
     except OSError:
         pass  # a model without generation_config.json: transformers' defaults
     tokenizer = AutoTokenizer.from_pretrained(source)
-    path = Path(checkpoint).expanduser()
-    info = {"checkpoint": str(path), "log_dir": _run_folder(path), "global_step": ckpt.get("global_step"),
-            "model_path": str(model_path), "source": str(source)}
     return export_hf(model, tokenizer, Path(output_dir).expanduser(), "checkpoint's policy", state_dict=weights,
                      source=source, info=info, existing="replace" if overwrite else "refuse")
+
+
+def _export_lora(lora, weights, source, torch_dtype, output_dir: Path, adapter_only: bool, info: dict, overwrite: bool) -> Path:
+    """A LoRA run's checkpoint holds the adapter only: rebuild base + adapter from the run's model,
+    load the adapter, then write the merged model (W + ΔW) or the PEFT adapter folder."""
+    from transformers import AutoTokenizer
+
+    from ares_lit.modules.export import export_adapter, export_hf
+    from ares_lit.modules.lora import apply_lora, check_lora, merged_state_dict
+    from ares_lit.modules.policy import load_pretrained
+
+    settings = check_lora(lora if isinstance(lora, dict) else {k: getattr(lora, k) for k in
+                                                                ("r", "alpha", "dropout", "target_modules", "modules_to_save", "adapter_path")})
+    policy = apply_lora(load_pretrained(str(source), torch_dtype), settings)
+    wanted = {n for n, p in policy.named_parameters() if p.requires_grad}
+    missing = sorted(wanted - set(weights))
+    if missing:
+        raise ValueError(f"the checkpoint lacks {len(missing)} adapter tensor(s) of its run's model.lora (e.g. {missing[0]})")
+    policy.load_state_dict({k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in weights.items()}, strict=False)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    existing = "replace" if overwrite else "refuse"
+    if adapter_only:
+        return export_adapter(policy, tokenizer, output_dir, "checkpoint's policy", info=info, existing=existing)
+    return export_hf(policy.get_base_model(), tokenizer, output_dir, "checkpoint's policy",
+                     state_dict=merged_state_dict(policy, False, True), source=source, info={**info, "lora": "merged"},
+                     existing=existing)
 
 
 def _is_deepspeed_dir(path: Path) -> bool:
@@ -253,6 +290,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model_path", default=None, help="the run's model; default: the checkpoint's model.model_path")
     parser.add_argument("--dtype", default="auto", choices=_DTYPES, help="weights dtype; auto = the run's model.dtype")
+    parser.add_argument("--adapter_only", action="store_true",
+                        help="a LoRA run's checkpoint: write the PEFT adapter folder (adapter_config.json + weights) "
+                             "instead of the merged model; infer, evaluate and fit accept either")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a model already in the output folder (a non-empty folder is refused without it)")
     return parser
@@ -271,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
             if picked:
                 print(f"[ares_lit] --local_dir {args.local_dir}: exporting the checkpoint {checkpoint}", flush=True)
             output_dir = output_dir or default_output
-        export_checkpoint(checkpoint, output_dir, args.model_path, args.dtype, args.overwrite)
+        export_checkpoint(checkpoint, output_dir, args.model_path, args.dtype, args.overwrite, args.adapter_only)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
 

@@ -23,7 +23,8 @@ from ares_lit.experience.config import BranchingConfig, LengthRewardConfig
 from ares_lit.experience.groups import timer
 from ares_lit.experience.scoring import check_policy_scoring, reuse_engine_scores
 from ares_lit.modules.scoring import in_precision
-from ares_lit.modules.zero import gathered_parameters, zero3_enabled
+from ares_lit.modules.lora import push_weights
+from ares_lit.modules.zero import zero3_enabled
 from ares_lit.progress import report_phase
 from ares_lit.rollout.vllm_logs import check_vllm_importable, check_vllm_log_level
 
@@ -179,6 +180,7 @@ class RolloutCallback(pl.Callback):
         self.answer_fallback = answer_fallback
         self.max_empty_steps = max_empty_steps
         self.sleep_level = sleep_level
+        self._drops_weights = False  # set at engine start (_describe_sleep)
         self._sleep_takes_level = False  # set at engine start from the engine's sleep() signature
         self._consecutive_empty = 0
         self.seed = seed
@@ -228,7 +230,7 @@ class RolloutCallback(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Validation samples with the current policy: wake the engine and push its weights first."""
         self._wake()
-        self.engine.load_weights(gathered_parameters(pl_module.policy, zero3_enabled(trainer.strategy)))
+        push_weights(self.engine, pl_module.policy, zero3_enabled(trainer.strategy), self._drops_weights)
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -243,6 +245,7 @@ class RolloutCallback(pl.Callback):
         import inspect
 
         sleeps = self.sleep_level > 0 and bool(getattr(self.engine, "enable_sleep_mode", False))
+        self._drops_weights = sleeps and self.sleep_level == 2  # a LoRA sync then pushes every tensor
         self._sleep_takes_level = "level" in inspect.signature(self.engine.sleep).parameters
         if self.engine_name == "vllm" and trainer.is_global_zero:
             level = self.sleep_level if self._sleep_takes_level else "the engine's own (its sleep() takes no level)"
@@ -373,8 +376,8 @@ class RolloutCallback(pl.Callback):
         report_phase(trainer, "weight_sync")
         with timer(timings, "weight_sync"):
             self._wake()
-            # Under ZeRO-3 each parameter is gathered (collectively) and pushed on its own, never the whole model.
-            self.engine.load_weights(gathered_parameters(pl_module.policy, zero3_enabled(trainer.strategy)))
+            # ZeRO-3: one parameter gathered and pushed at a time; LoRA: the changed blocks, merged (modules/lora.py).
+            push_weights(self.engine, pl_module.policy, zero3_enabled(trainer.strategy), self._drops_weights)
         dm = trainer.datamodule
         reference = pl_module.reference
         cache_before = dict(getattr(self.engine, "prefix_cache_stats", None) or {})

@@ -106,6 +106,14 @@ def check_model_path(name_or_path: str) -> None:
             reason = "does not exist"
         elif not path.is_dir():
             reason = "is a file, not a folder"
+        elif (path / "adapter_config.json").is_file():  # a LoRA adapter folder: its base must resolve
+            from ares_lit.models.adapter import adapter_base
+
+            base = adapter_base(path)
+            if base is None:
+                raise ValueError(f"model_path {name!r} is a LoRA adapter folder whose adapter_config.json names no base model")
+            check_model_path(base)
+            return
         elif not (path / "config.json").is_file():
             reason = f"has no config.json ({_contents(path)})"
         else:
@@ -128,6 +136,11 @@ def model_context(name_or_path: str) -> int | None:
     name = str(name_or_path)
     if name in BUILTIN_CONTEXT:
         return BUILTIN_CONTEXT[name]
+    from ares_lit.models.adapter import adapter_base
+
+    base = adapter_base(name) if not name.startswith(BUILTIN_PREFIX) else None
+    if base is not None:  # a LoRA adapter folder: its base model's context
+        return model_context(base)
     config = Path(name).expanduser() / "config.json"
     if name.startswith(BUILTIN_PREFIX) or not config.is_file():
         return None
@@ -140,7 +153,8 @@ def model_context(name_or_path: str) -> int | None:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """`builtin:*` -> its local folder; a local model folder -> itself; else a hub name, unchanged.
+    """`builtin:*` -> its local folder; a local model folder -> itself; a LoRA adapter folder -> its
+    base with the adapter merged (cached; models/adapter.py); else a hub name, unchanged.
 
     `check_model_path` runs first, so a bad value fails before any model is built or loaded.
     """
@@ -149,6 +163,10 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path.startswith(BUILTIN_PREFIX):
         return str(BUILTIN_MODELS[name_or_path]())
     path = Path(name_or_path).expanduser()
+    if (path / "adapter_config.json").is_file():  # a LoRA adapter folder: its merged model, cached
+        from ares_lit.models.adapter import merged_folder
+
+        return str(merged_folder(path))
     return str(path) if path.is_dir() else name_or_path
 
 

@@ -32,6 +32,7 @@ from ares_lit.modules.validation import ValidationMixin, ValidationSettings
 from ares_lit.modules.entropy_terms import EntropyControl, EntropyTermsMixin
 from ares_lit.modules.update_helpers import UpdateHelpersMixin
 from ares_lit.models.resolve import check_model_path
+from ares_lit.modules.lora import LoraMixin, LoraSettings, is_lora, merged_state_dict
 from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.zero import adamw, param_shape, shard_for_inference, zero3_enabled
 from ares_lit.modules.export import export_at_fit_end, export_hf
@@ -42,7 +43,7 @@ __all__ = ["AEPOModule"]
 _LOSS_KEYS = ("pg_loss", "kl_loss", "entropy_bonus", "loss")
 
 
-class AEPOModule(EntropyTermsMixin, UpdateHelpersMixin, ScoringMixin, ValidationMixin, pl.LightningModule):
+class AEPOModule(LoraMixin, EntropyTermsMixin, UpdateHelpersMixin, ScoringMixin, ValidationMixin, pl.LightningModule):
     """Adaptive Entropy Policy Optimization.
 
     Args:
@@ -91,6 +92,9 @@ class AEPOModule(EntropyTermsMixin, UpdateHelpersMixin, ScoringMixin, Validation
             `.max_tokens`, ...; ares_lit/modules/validation.py); None = the defaults.
         entropy_control: forking-token mask (`.top_entropy_quantile`) and entropy bonus (`.entropy_coef`,
             `.adaptive`, ...; ares_lit/modules/entropy_terms.py); None = off.
+        lora: train a LoRA adapter (peft) instead of every weight (`.r`, `.alpha`, `.dropout`,
+            `.target_modules`, `.modules_to_save`, `.adapter_path`; ares_lit/modules/lora.py); the
+            reference is then the model with the adapter disabled (no second copy). None = off.
     """
 
     uses_rollouts = True  # ares_lit/cli.py: the `rollout:` group (RolloutCallback) applies to this stage
@@ -126,6 +130,7 @@ class AEPOModule(EntropyTermsMixin, UpdateHelpersMixin, ScoringMixin, Validation
         export_dir: str | None = None,
         validation: ValidationSettings | None = None,
         entropy_control: EntropyControl | None = None,
+        lora: LoraSettings | None = None,
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
@@ -162,6 +167,7 @@ class AEPOModule(EntropyTermsMixin, UpdateHelpersMixin, ScoringMixin, Validation
         self.save_hyperparameters()
         self._validation_settings().ks()  # a bad validation.k fails before any model loads
         self.configure_entropy_control(entropy_control)  # so does a bad entropy_control
+        self._init_lora(lora, model_path)  # and a bad lora (ranges, target names from config.json)
         self.automatic_optimization = False
         self.policy: torch.nn.Module | None = None
         self.tokenizer = None
@@ -181,7 +187,7 @@ class AEPOModule(EntropyTermsMixin, UpdateHelpersMixin, ScoringMixin, Validation
         # The frozen reference is inference-only and outside DeepSpeed's engine: under ZeRO-3 it is
         # loaded whole, then sharded for inference in on_fit_start.
         path, self.tokenizer, self.policy, ref = load_policy(
-            hp.model_path, hp.dtype, hp.gradient_checkpointing, hp.use_kl_loss, hp.freeze_vision, strategy
+            hp.model_path, hp.dtype, hp.gradient_checkpointing, hp.use_kl_loss, hp.freeze_vision, strategy, self.lora
         )
         self.resolved_model_path = path
         self._reference = [ref] if ref is not None else []
@@ -190,6 +196,7 @@ class AEPOModule(EntropyTermsMixin, UpdateHelpersMixin, ScoringMixin, Validation
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
         strategy = self.trainer.strategy
+        self._lora_strategy(strategy)
         if isinstance(strategy, DeepSpeedStrategy) and isinstance(strategy.config, dict):
             from ares_lit.launch import fill_deepspeed_batch_size
 
@@ -210,7 +217,7 @@ class AEPOModule(EntropyTermsMixin, UpdateHelpersMixin, ScoringMixin, Validation
                 "AEPOModule trains on the rollouts that callbacks.rollout.RolloutCallback makes, and none is attached: "
                 "add a top-level `rollout:` block to the config (as configs/aepo.yaml does)"
             )
-        if self.reference is None:
+        if self.reference is None or is_lora(self.reference):  # LoRA: the reference is the policy itself
             return
         if zero3_enabled(self.trainer.strategy):
             # ZeRO-3: shard the reference too, as an inference-only DeepSpeed engine (no optimizer),

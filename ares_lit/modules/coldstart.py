@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from ares_lit.core import KL_KINDS, kl_estimate
 from ares_lit.modules.validation import ValidationMixin, ValidationSettings
 from ares_lit.models.resolve import check_model_path
+from ares_lit.modules.lora import LoraMixin, LoraSettings, reference_scope
 from ares_lit.modules.policy import DTYPES, load_policy
 from ares_lit.modules.zero import adamw, param_shape, same_count_on_all_ranks
 from ares_lit.modules.export import export_at_fit_end, export_hf
@@ -78,7 +79,7 @@ def label_logprobs(
     return log_probs, rows
 
 
-class AdaptiveColdstartModule(ValidationMixin, pl.LightningModule):
+class AdaptiveColdstartModule(LoraMixin, ValidationMixin, pl.LightningModule):
     """Adaptive Cold-Start SFT: token-mean NLL on response tokens, optional per-bracket KL.
 
     Args:
@@ -101,6 +102,9 @@ class AdaptiveColdstartModule(ValidationMixin, pl.LightningModule):
             fit; default `<log_dir>/hf_model`; empty string disables the export.
         validation: sampling of the validation hold-out (`validation.n`, `.k`, `.temperature`,
             `.max_tokens`, ...; ares_lit/modules/validation.py); None = the defaults.
+        lora: train a LoRA adapter (peft) instead of every weight (ares_lit/modules/lora.py); the
+            export at fit end is the merged model (the AEPO stage's default start: a new adapter
+            on it, so π_ref is the cold-start model), and the adapter is saved beside it. None = off.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class AdaptiveColdstartModule(ValidationMixin, pl.LightningModule):
         logit_budget_mb: int = DEFAULT_LOGIT_BUDGET_BYTES // 2**20,
         export_dir: str | None = None,
         validation: ValidationSettings | None = None,
+        lora: LoraSettings | None = None,
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
@@ -134,6 +139,7 @@ class AdaptiveColdstartModule(ValidationMixin, pl.LightningModule):
             raise ValueError(f"need model.lr > 0 and model.warmup_steps >= 0; got {lr} and {warmup_steps}")
         self.save_hyperparameters()
         self._validation_settings().ks()  # a bad validation.k fails before any model loads
+        self._init_lora(lora, model_path)  # so does a bad lora (ranges, target names from config.json)
         self.policy: torch.nn.Module | None = None
         self.tokenizer = None
         self.resolved_model_path: str | None = None
@@ -148,7 +154,7 @@ class AdaptiveColdstartModule(ValidationMixin, pl.LightningModule):
         strategy = self._trainer.strategy if self._trainer is not None else None
         # Under ZeRO-3 the policy loads into shards; the frozen reference is kept whole (modules/zero.py).
         path, self.tokenizer, self.policy, ref = load_policy(
-            hp.model_path, hp.dtype, hp.gradient_checkpointing, hp.kl_betas is not None, hp.freeze_vision, strategy
+            hp.model_path, hp.dtype, hp.gradient_checkpointing, hp.kl_betas is not None, hp.freeze_vision, strategy, self.lora
         )
         self.resolved_model_path = path
         self._reference = [ref] if ref is not None else []
@@ -156,6 +162,9 @@ class AdaptiveColdstartModule(ValidationMixin, pl.LightningModule):
     @property
     def reference(self) -> torch.nn.Module | None:
         return self._reference[0] if self._reference else None
+
+    def setup(self, stage: str) -> None:
+        self._lora_strategy(self.trainer.strategy)
 
     def on_fit_start(self) -> None:
         if self.reference is not None:
@@ -215,7 +224,7 @@ class AdaptiveColdstartModule(ValidationMixin, pl.LightningModule):
         loss = nll
         stats = {"nll": nll.detach(), "tokens": torch.tensor(float(log_probs.numel()))}
         if self.reference is not None:
-            with torch.no_grad():
+            with torch.no_grad(), reference_scope(self.reference):  # LoRA: the adapter off
                 ref_lp, _ = label_logprobs(self.reference, ids, mask, labels, budget, mm)
             kl_tok = kl_estimate(log_probs, ref_lp, hp.kl_estimator)
             betas = torch.tensor(hp.kl_betas, dtype=kl_tok.dtype, device=kl_tok.device)

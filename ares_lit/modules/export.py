@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-__all__ = ["EXPORT_INFO", "export_hf", "export_at_fit_end", "read_export_info", "save_image_processor"]
+__all__ = ["EXPORT_INFO", "export_hf", "export_adapter", "export_at_fit_end", "read_export_info", "save_image_processor"]
 
 EXPORT_INFO = "ares_export.json"
 _EXISTING = ("move", "replace", "refuse")
@@ -178,13 +178,50 @@ def export_at_fit_end(module: pl.LightningModule, export_dir: str | None, what: 
     log_dir = trainer.log_dir
     if export_dir is None:
         export_dir = os.path.join(log_dir or trainer.default_root_dir, "hf_model")
-    state_dict = None
-    if zero3_enabled(trainer.strategy):
+    from ares_lit.modules.lora import is_lora, merged_state_dict
+
+    state_dict, model, zero3 = None, module.policy, zero3_enabled(trainer.strategy)
+    lora = is_lora(model)
+    if lora:  # the merged model (W + ΔW, computed out of place); the adapter goes beside it
+        state_dict, model = merged_state_dict(module.policy, zero3, trainer.is_global_zero), module.policy.get_base_model()
+    elif zero3:
         state_dict = gathered_state_dict(module.policy, trainer.is_global_zero)
+    adapter = gathered_state_dict(module.policy, trainer.is_global_zero) if lora and zero3 else None
     if trainer.is_global_zero:
         source = getattr(module, "resolved_model_path", None)
         hp = getattr(module, "hparams", {})
         info = {"module": type(module).__name__, "log_dir": log_dir, "global_step": trainer.global_step,
-                "model_path": hp.get("model_path"), "source": source}
-        export_hf(module.policy, module.tokenizer, export_dir, what, state_dict=state_dict, source=source, info=info)
+                "model_path": hp.get("model_path"), "source": source, **({"lora": "merged"} if lora else {})}
+        export_hf(model, module.tokenizer, export_dir, what, state_dict=state_dict, source=source, info=info)
+        if lora:
+            export_adapter(module.policy, module.tokenizer, Path(export_dir).with_name("adapter"), what,
+                           state_dict=adapter, info=info)
     trainer.strategy.barrier("ares_export")
+
+
+def export_adapter(policy, tokenizer, target: str | Path, what: str = "policy", state_dict=None, info: dict | None = None,
+                   existing: str = "move") -> Path:
+    """Save a LoRA policy's PEFT adapter folder (adapter_config.json + adapter_model.safetensors,
+    with the tokenizer), staged and renamed into place like `export_hf`."""
+    target = Path(target)
+    if existing == "refuse" and target.is_dir() and any(target.iterdir()):
+        raise FileExistsError(f"export target {str(target)!r} is not empty")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    staged.mkdir()
+    record = {"what": f"{what} (LoRA adapter)", **(info or {}), "lora": "adapter",
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ares_lit_version": _ares_lit_version()}
+    try:
+        if state_dict is not None:  # a gathered ZeRO-3 state dict: keep the adapter's entries, as peft names them
+            from peft import get_peft_model_state_dict
+
+            state_dict = get_peft_model_state_dict(policy, state_dict=state_dict)
+        policy.save_pretrained(str(staged), state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(str(staged))
+        (staged / EXPORT_INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        _put_in_place(staged, target, existing, record.get("log_dir"))
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    print(f"[ares_lit] exported the {what}'s LoRA adapter to {target}", flush=True)
+    return target

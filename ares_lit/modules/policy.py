@@ -35,11 +35,15 @@ def load_policy(
     with_reference: bool,
     freeze_vision: bool = False,
     strategy=None,
+    lora=None,
 ):
     """Resolve `model_path` and load (resolved path, tokenizer, trainable policy, frozen reference or None).
 
     Under a ZeRO-3 `strategy` (inside Lightning's `configure_model`) the policy loads straight into
     shards, and the frozen reference, which DeepSpeed does not wrap, is built whole.
+
+    With `lora` (a checked `LoraSettings`) the policy is a peft PeftModel and the reference is
+    the same model with its adapter disabled (`AdapterOff`): no second copy is loaded.
     """
     from transformers import AutoTokenizer
 
@@ -58,6 +62,12 @@ def load_policy(
     if gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = None
+    if lora is not None:
+        from ares_lit.modules.lora import AdapterOff, apply_lora
+
+        policy = apply_lora(policy, lora)
+        policy.train()
+        return path, tokenizer, policy, AdapterOff(policy) if with_reference else None
     if with_reference:
         with unpartitioned(strategy):
             reference = load_pretrained(path, torch_dtype)

@@ -12,6 +12,7 @@ import torch
 from ares_lit.batch import plan_micro_batches, row_lengths, trim_columns
 from ares_lit.distributed import world_max
 from ares_lit.modules.logprobs import response_logprobs
+from ares_lit.modules.lora import reference_scope
 
 __all__ = ["ScoringMixin", "in_precision"]
 
@@ -68,10 +69,11 @@ class ScoringMixin:
                 self._count_pad("score_policy" if model is self.policy else "score_reference", mask, r_len)
             else:
                 ids, mask, mm, r_len = self._dummy_inputs()
-            lp, ent = response_logprobs(
-                model, ids.to(self.device), mask.to(self.device), r_len, temperature, with_entropy, budget, mm,
-                vision_always=self._vision_always(),
-            )
+            with reference_scope(model):  # a LoRA policy's reference: the adapter off for this forward
+                lp, ent = response_logprobs(
+                    model, ids.to(self.device), mask.to(self.device), r_len, temperature, with_entropy, budget, mm,
+                    vision_always=self._vision_always(),
+                )
             if c < len(plans):  # padding positions stay 0, whichever micro-batch a row was in
                 rows, real = rows.to(self.device), mask[:, -r_len:].to(self.device).bool()
                 log_probs[rows, :r_len] = torch.where(real, lp, 0.0)

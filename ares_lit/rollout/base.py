@@ -106,8 +106,9 @@ class RolloutEngine(ABC):
         """Temperature-1 log-prob of every token of `sequences[i]` after `prompt_lens[i]`, under the current weights."""
 
     @abstractmethod
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy new policy weights in, by HF parameter name (as in `model.named_parameters()` / `state_dict()`)."""
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], partial: bool = False) -> None:
+        """Copy new policy weights in, by HF parameter name (as in `model.named_parameters()` / `state_dict()`).
+        `partial`: the push holds only the modules that changed (LoRA); the others stay as they are."""
 
     def sleep(self, level: int = 1) -> None:
         """Free accelerator memory between rollouts (level 1 keeps a host copy of the weights, level 2

@@ -282,8 +282,9 @@ class HFEngine(RolloutEngine):
 
     # ---------------------------------------------------------------- weights
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Owned copy: copy each tensor in by name (unknown names and shape mismatches raise). Live model: no-op."""
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], partial: bool = False) -> None:
+        """Owned copy: copy each tensor in by name (unknown names and shape mismatches raise; `partial`
+        pushes leave the others as they are, as any push does). Live model: no-op."""
         if not self.owns_weights:
             return  # the engine *is* the trainer's model
         targets = dict(self.model.named_parameters(remove_duplicate=False))

@@ -57,8 +57,10 @@ __all__ = ["VLLMEngine", "VLLM_LOG_LEVELS", "set_vllm_log_level"]
 
 _GiB = 1 << 30
 log = logging.getLogger(__name__)
-# vLLM's layerwise reload logs "<LayerClass>: Failed to load weights" here (vllm 0.32).
+# vLLM's layerwise reload logs "<LayerClass>: Failed to load weights" here (vllm 0.32), and the
+# in-place loader "Following weights were not loaded from checkpoint: {...}" in the second.
 _RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+_INPLACE_LOGGER = "vllm.model_executor.model_loader.reload.inplace"
 
 
 class VLLMEngine(RolloutEngine):
@@ -259,11 +261,14 @@ class VLLMEngine(RolloutEngine):
 
     # ---------------------------------------------------------------- weights and memory
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], partial: bool = False) -> None:
         """Stream HF-named tensors into vLLM, then drop prefix-cache blocks computed with the old weights.
 
         The iterator is consumed lazily inside vLLM, one tensor at a time; under ZeRO-3 a generator
         that gathers each parameter as it is yielded never materialises the full model.
+        `partial`: the push holds only some modules, on purpose (a LoRA policy's changed blocks,
+        every shard of each; modules/lora.py); vLLM keeps the others as they are (measured) and
+        its warnings about them are expected, so they are hidden for this push.
         """
         from ares_lit.rollout.weight_names import to_checkpoint_names
 
@@ -273,6 +278,7 @@ class VLLMEngine(RolloutEngine):
         if self._expected_reload_warnings is None:
             names = set().union(*self.llm.collective_rpc(_parameterless_layer_names))
             self._expected_reload_warnings = _ExpectedReloadWarnings(names)
+        self._expected_reload_warnings.partial = partial
         with torch.no_grad(), self._expected_reload_warnings:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         if not self.llm.reset_prefix_cache():
@@ -374,9 +380,20 @@ class _ExpectedReloadWarnings(logging.Filter):
         super().__init__()
         self.layer_names = frozenset(layer_names)
         self.explained = False
+        self.partial = False  # set per push: a LoRA push leaves the unchanged modules out on purpose
+        self.partial_explained = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        layer, _, rest = record.getMessage().partition(": ")
+        message = record.getMessage()
+        layer, _, rest = message.partition(": ")
+        if self.partial and (rest == "Failed to load weights" or message.startswith("Following weights were not loaded")):
+            if not self.partial_explained:
+                self.partial_explained = True
+                log.info(
+                    "weight sync (LoRA): only the blocks that hold an adapted layer are pushed, merged; vLLM reports "
+                    "the other layers as 'Failed to load weights' and keeps them unchanged, which is right: hidden."
+                )
+            return False
         if rest != "Failed to load weights" or layer not in self.layer_names:
             return True
         if not self.explained:
@@ -390,8 +407,10 @@ class _ExpectedReloadWarnings(logging.Filter):
         return False
 
     def __enter__(self) -> _ExpectedReloadWarnings:
-        logging.getLogger(_RELOAD_LOGGER).addFilter(self)
+        for name in (_RELOAD_LOGGER, _INPLACE_LOGGER):
+            logging.getLogger(name).addFilter(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        logging.getLogger(_RELOAD_LOGGER).removeFilter(self)
+        for name in (_RELOAD_LOGGER, _INPLACE_LOGGER):
+            logging.getLogger(name).removeFilter(self)

@@ -32,10 +32,16 @@ def scalars(run_dir: Path) -> EventAccumulator:
     return acc
 
 
-@pytest.mark.parametrize("engine", ["hf", "vllm"])
-def test_fit_writes_tensorboard_panels_and_exports(tmp_path, engine):
-    overlay = write_overlay(tmp_path, engine, steps=2)
+def test_fit_writes_tensorboard_panels_and_exports(tmp_path):
+    """The hf engine; the vllm engine's run is tests/e2e/test_lora_cli.py's full fine-tuning arm,
+    checked by check_panels too (one vLLM fit serves both tests)."""
+    overlay = write_overlay(tmp_path, "hf", steps=2)
     fit(tmp_path, "--config", str(overlay))
+    check_panels(tmp_path, "hf")
+
+
+def check_panels(tmp_path: Path, engine: str) -> EventAccumulator:
+    """The panels, the export and the checkpoint of a 2-step `write_overlay` run in tmp_path."""
     run_dir = next((tmp_path / "runs" / "aepo").glob("version_*"))
     acc = scalars(run_dir)
     tags = set(acc.Tags()["scalars"])
@@ -84,3 +90,4 @@ def test_fit_writes_tensorboard_panels_and_exports(tmp_path, engine):
     AutoModelForCausalLM.from_pretrained(export)
     assert AutoTokenizer.from_pretrained(export).chat_template
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
+    return acc
