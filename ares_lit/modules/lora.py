@@ -174,8 +174,9 @@ def apply_lora(policy: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0) or 0))
             model = get_peft_model(policy, config)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    numel = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731 - a ZeRO-3 shard's numel() is 0
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:
         print(f"[ares_lit] LoRA r={lora.r}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.2f}%)",
               flush=True)

@@ -178,6 +178,9 @@ def adamw(strategy, param_groups: list[dict], lr: float, betas: tuple[float, flo
     """
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
+    # An empty group (a LoRA policy trains only matrices: no norm or bias group) is dropped here:
+    # DeepSpeed drops it too, and a scheduler built with one lambda per group would then miscount.
+    param_groups = [g for g in param_groups if len(g["params"])]
     offload = False
     if isinstance(strategy, DeepSpeedStrategy) and isinstance(strategy.config, dict):
         device = strategy.config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")

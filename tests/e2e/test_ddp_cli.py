@@ -32,13 +32,13 @@ def overlay_with_state_dump(tmp_path: Path, branching: bool = False) -> Path:
     return write_overlay(tmp_path, "hf", steps=STEPS, extra_callbacks=dump, branching=branching)
 
 
-def fit_two_ranks(tmp_path: Path, overlay: Path) -> None:
+def fit_two_ranks(tmp_path: Path, overlay: Path, *extra: str) -> None:
     """`python -m ares_lit fit` with 2 DDP processes on the CPU (gloo)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ARES_LIT_CACHE": str(tmp_path.parent / "ares_cache")}
     cmd = [
         sys.executable, "-m", "ares_lit", "fit",
         "--config", str(ROOT / "configs/aepo.yaml"), "--config", str(overlay),
-        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", *extra,
     ]  # fmt: skip
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]

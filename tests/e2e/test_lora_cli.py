@@ -136,3 +136,25 @@ def test_lora_resume_continues_exactly(tmp_path):
     step3 = max(losses["straight"])
     assert step3 in losses["resumed"], losses
     assert abs(losses["straight"][step3] - losses["resumed"][step3]) <= 1e-5 * max(1.0, abs(losses["straight"][step3])), losses
+
+
+@pytest.mark.slow
+def test_lora_under_ddp_two_ranks(tmp_path):
+    """2 DDP processes (gloo): the adapter trains, the ranks keep one controller state, last.ckpt holds
+    the adapter only, and the merged export equals the base plus the exported adapter."""
+    from peft import PeftModel
+
+    from tests.e2e.test_ddp_cli import fit_two_ranks, overlay_with_state_dump, read_lines
+
+    fit_two_ranks(tmp_path, overlay_with_state_dump(tmp_path), "--config", _lora_overlay(tmp_path))
+    rank0, rank1 = (read_lines(tmp_path / "state" / f"state_rank{r}.jsonl") for r in (0, 1))
+    assert [s["shared"] for s in rank0] == [s["shared"] for s in rank1]
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["state_dict"] and all(".lora_" in k for k in ckpt["state_dict"])
+    assert any(float(v.abs().max()) > 0 for k, v in ckpt["state_dict"].items() if "lora_B" in k)
+    run_dir = next((tmp_path / "runs" / "aepo").glob("version_*"))
+    base_path = json.loads((run_dir / "hf_model" / "ares_export.json").read_text())["source"]
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "hf_model", dtype=torch.float32).eval()
+    rebuilt = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32), run_dir / "adapter").eval()
+    seq = torch.randint(5, 400, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+    torch.testing.assert_close(_logprobs(merged, seq, 10), _logprobs(rebuilt, seq, 10), atol=1e-5, rtol=0)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from ares_lit.modules.aepo import AEPOModule
+from ares_lit.modules.lora import LoraSettings, push_weights
 from ares_lit.modules.zero import gathered_parameters
 from callbacks.dynamic_kl import DynamicKLCallback
 from callbacks.rollout import RolloutCallback
@@ -34,7 +35,9 @@ class CheckEngineAfterZeroStep(CheckEngineAfterStep):
         self.results["partitioned"] = all(p.numel() == 0 or hasattr(p, "ds_id") for p in params.values()) and stage3
         self.results["ref_partitioned"] = any(hasattr(p, "ds_id") for p in pl_module.reference.parameters())
         seq, plen = self.sequence(pl_module)
-        self.rollout.engine.load_weights(gathered_parameters(pl_module.policy, stage3))
+        push_weights(self.rollout.engine, pl_module.policy, stage3)  # LoRA: the changed blocks, merged
+        self.results["base_after"] = [float(p.detach().double().sum()) for n, p in sorted(gathered_parameters(
+            pl_module.policy, stage3)) if ".base_layer." in n]
         self.results["engine_after"] = torch.tensor(self.rollout.engine.score([seq], [plen])[0])
         ids = torch.tensor([seq])
         lp, _ = pl_module.score(pl_module.policy, ids, torch.ones_like(ids), len(seq) - plen, 1.0)
@@ -56,13 +59,20 @@ def _in_subprocess(fn: str, *args) -> dict:
 
 
 # ZeRO-3 with CPU offload takes ~75 s on 2 cores: in CI after the default suite (`make test-slow`).
-@pytest.mark.parametrize("stage", [2, 3, pytest.param("3-offload", marks=pytest.mark.slow), "3-branching"])
+@pytest.mark.parametrize(
+    "stage", [2, 3, pytest.param("3-offload", marks=pytest.mark.slow), "3-branching", pytest.param("2-lora", marks=pytest.mark.slow), "3-lora"]
+)
 def test_weight_sync_after_step_under_zero(tmp_path, stage):
-    """"3-branching": with branching rollouts on (phase-1 scoring under ZeRO-3, then the batch)."""
+    """"3-branching": with branching rollouts on (phase-1 scoring under ZeRO-3, then the batch).
+    "*-lora": a LoRA adapter (r 4): the sync pushes the changed blocks merged (gathered layer by
+    layer under ZeRO-3), the reference is the adapter-disabled policy (partitioned with it), and
+    the base weights do not move."""
     r = _in_subprocess("run_zero_step", stage, tmp_path)
     if stage == "3-branching":
         assert r["branch_points"] > 0
-    stage = 3 if stage in ("3-offload", "3-branching") else stage
+    if stage.endswith("-lora") if isinstance(stage, str) else False:
+        assert r["base_before"] == r["base_after"] and r["base_before"], "the base weights moved"
+    stage = int(str(stage)[0])
     assert r["rollout_size"] > 0
     assert r["sync_gap"] < 2e-3, r
     assert r["step_change"] > 0.05, r
@@ -79,7 +89,7 @@ def run_zero_step(stage: str, tmp: str) -> dict:
 
     from ares_lit.experience.config import BranchingConfig
 
-    offload, branching = stage.endswith("-offload"), stage.endswith("-branching")
+    offload, branching, lora = stage.endswith("-offload"), stage.endswith("-branching"), stage.endswith("-lora")
     stage, tmp_path = int(stage.split("-")[0]), Path(tmp)
 
     tiny = str(build_tiny_qwen2(tmp_path / "tiny"))
@@ -91,7 +101,8 @@ def run_zero_step(stage: str, tmp: str) -> dict:
         branching=BranchingConfig(initial_n=2, budget=(1, 1, 2), children_per_point=1, min_prefix=1, min_suffix=1, min_gap=2) if branching else None,
     )
     check = CheckEngineAfterZeroStep(rollout)
-    model = AEPOModule(model_path=tiny, lr=5e-2, mini_batch_size=8, micro_batch_size=4, grad_clip=0.0, export_dir="")
+    model = AEPOModule(model_path=tiny, lr=5e-2, mini_batch_size=8, micro_batch_size=4, grad_clip=0.0, export_dir="",
+                       lora=LoraSettings(r=4, alpha=8) if lora else None)
     data = PromptDataModule(path=write_prompts(tmp_path / "p.jsonl"), tokenizer_path=tiny, batch_size=2, max_prompt_length=96)
     pl.Trainer(
         accelerator="cpu",
@@ -111,7 +122,20 @@ def run_zero_step(stage: str, tmp: str) -> dict:
         "partitioned": bool(r["partitioned"]),
         "ref_partitioned": bool(r["ref_partitioned"]),
         "branch_points": r.get("branch_points", 0.0),
+        "base_before": _base_sums(tiny) if lora else [],
+        "base_after": r["base_after"],
     }
+
+
+def _base_sums(tiny: str) -> list[float]:
+    """The sums of the adapted layers' weights as loaded, in the order of the policy's base_layer names."""
+    from transformers import AutoModelForCausalLM
+
+    named = dict(AutoModelForCausalLM.from_pretrained(tiny).named_parameters())
+    names = sorted(f"base_model.model.{n.rsplit('.', 1)[0]}.base_layer.{n.rsplit('.', 1)[1]}" for n in named
+                   if n.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    by_peft = {f"base_model.model.{n.rsplit('.', 1)[0]}.base_layer.{n.rsplit('.', 1)[1]}": p for n, p in named.items()}
+    return [float(by_peft[n].detach().double().sum()) for n in names]
 
 
 def run_hf_under_zero3(tmp: str) -> dict:

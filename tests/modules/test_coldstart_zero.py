@@ -56,3 +56,29 @@ def test_coldstart_fit_on_deepspeed(tmp_path, stage):
     matrices = sum(v.numel() for k, v in initial.items() if v.ndim >= 2 and "norm" not in k and k != "lm_head.weight")
     assert probe["decay_numel"] == matrices
     assert probe["no_decay_numel"] == sum(v.numel() for k, v in initial.items() if v.ndim < 2)
+
+
+@pytest.mark.slow
+def test_lora_coldstart_on_zero3_checkpoints_the_adapter_only(tmp_path):
+    """LoRA under ZeRO-3: DeepSpeed's checkpoint folder holds the trainable (adapter) tensors only
+    (exclude_frozen_parameters), and `python -m ares_lit.export` turns it into the same merged model
+    as the run's own export at fit end."""
+    from safetensors.torch import load_file
+
+    from tests.strategies import ROOT, coldstart_overlay, run_cli
+
+    lora = tmp_path / "lora.yaml"
+    lora.write_text("model:\n  init_args:\n    lora: {r: 4, alpha: 8}\n")
+    res = run_cli(tmp_path, "fit", "--config", str(ROOT / "configs/coldstart.yaml"), "--config",
+                  str(coldstart_overlay(tmp_path, 3, 2)), "--config", str(lora))
+    assert res.returncode == 0, res.stderr[-4000:]
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    trained = fp32_weights(ckpt)
+    assert trained and all(".lora_" in k for k in trained), sorted(trained)[:3]
+    res = run_cli(tmp_path, "--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "exported"), module="ares_lit.export")
+    assert res.returncode == 0, res.stderr[-3000:]
+    mine, theirs = (load_file(d / "model.safetensors") for d in (tmp_path / "exported", tmp_path / "hf_model"))
+    assert mine.keys() == theirs.keys()
+    for k in mine:
+        torch.testing.assert_close(mine[k], theirs[k], atol=1e-6, rtol=0, msg=k)
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
