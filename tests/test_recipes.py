@@ -40,7 +40,26 @@ def callback(cfg: dict, name: str) -> dict:
 
 def test_the_recipe_set_is_complete():
     assert sorted(p.name for p in RECIPES.glob("*.yaml")) == [
-        "ares_3b_aepo.yaml", "ares_3b_coldstart.yaml", "ares_7b_aepo.yaml", "ares_7b_coldstart.yaml"]
+        "ares_3b_aepo.yaml", "ares_3b_coldstart.yaml", "ares_7b_aepo.yaml", "ares_7b_aepo_lora.yaml", "ares_7b_coldstart.yaml"]
+
+
+def test_the_lora_recipe_is_the_7b_recipe_on_one_gpu(resolved):
+    """configs/recipes/ares_7b_aepo_lora.yaml: the 7B AEPO rollout and controllers unchanged, one GPU,
+    a LoRA adapter, lr 10x, 4 updates per rollout step and ~250 rollout steps as in the full recipe."""
+    full, lora = resolved("ares_7b_aepo.yaml"), resolved("ares_7b_aepo_lora.yaml")
+    trainer, model, data = lora["trainer"], lora["model"]["init_args"], lora["data"]["init_args"]
+    assert (trainer["num_nodes"], trainer["devices"]) == (1, 1) and not isinstance(trainer.get("strategy"), dict)
+    assert model["lora"] == {"r": 32, "alpha": 64.0, "dropout": 0.0, "target_modules": "all-linear",
+                             "modules_to_save": None, "adapter_path": None}
+    assert model["lr"] == pytest.approx(10 * full["model"]["init_args"]["lr"]) and model["dtype"] == "bfloat16"
+    assert model["model_path"] == full["model"]["init_args"]["model_path"]  # a new adapter on the stage-1 export
+    rollout = lora["rollout"]["init_args"]
+    same = ("n", "temperature", "top_p", "max_new_tokens", "window", "hwe_quantile", "entropy_reward", "advantage")
+    assert {k: rollout[k] for k in same} == {k: full["rollout"]["init_args"][k] for k in same}
+    assert "distributed_executor_backend" not in rollout["engine_kwargs"]
+    samples = data["batch_size"] * rollout["n"]
+    assert samples // model["mini_batch_size"] == 4 and trainer["max_steps"] == 250 * 4
+    assert lora["trainer"]["callbacks"] == full["trainer"]["callbacks"]
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
