@@ -60,12 +60,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from torch.utils.data import DataLoader
 
+from ares_lit.models.cache import build_once
 from ares_lit.prompting import ARES_PROMPT_SUFFIX
 from ares_lit.vision import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageError, image_reason, load_image
 from data_modules.adacs import bracket_of, normalize_trace, pass_rate, target_length, uniform_quotas
@@ -246,13 +246,21 @@ class ColdstartDataModule(PolicyDataModule):
             self._load_processor()
         root = Path(hp.cache_dir) if hp.cache_dir else _default_cache_root()
         folder = root / self._cache_key(fingerprint, tokenizer)
-        if (folder / CURATED).is_file() and (folder / REPORT).is_file():
+        complete = lambda path: (path / CURATED).is_file() and (path / REPORT).is_file()  # noqa: E731
+        if complete(folder):
             return folder, val, False
-        records, report = self._curate(pool)
-        report["key"] = folder.name
-        self._save(folder, records, report, pool.base_dir)
-        self._curated = folder
-        return folder, val, True
+        built = []
+
+        def curate_into(tmp: Path) -> None:  # under the cache lock: another rank waits, then reuses the set
+            records, report = self._curate(pool)
+            report["key"] = folder.name
+            self._save(tmp, records, report, pool.base_dir)
+            built.append(folder)
+
+        build_once(folder, complete, curate_into)  # a temp folder renamed into place (models/cache.py)
+        if built:
+            self._curated = folder
+        return folder, val, bool(built)
 
     def _val_source(self):
         """A PromptDataModule over val_path (columns checked now, rows read in setup), or None."""
@@ -385,27 +393,20 @@ class ColdstartDataModule(PolicyDataModule):
         )
 
     def _save(self, folder: Path, records: list[dict], report: dict, base_dir: Path | None) -> None:
-        """Write the set: the selected images as PNG (records then name them), curated.jsonl, then
-        report.json, each atomically: a folder with report.json is complete, so neither another
-        rank nor an interrupted run ever reads half a cache."""
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write the set into `folder` (build_once's temp folder, renamed into place when complete):
+        the selected images as PNG (records then name them), curated.jsonl, then report.json, so
+        neither another rank nor an interrupted run ever reads half a cache."""
         for i, record in enumerate(records):
             names = []
             for k, value in enumerate(record.get("images", [])):
                 (folder / "images").mkdir(exist_ok=True)
                 names.append(f"images/{i:06d}-{k}.png")
-                tmp = folder / "images" / f".{i:06d}-{k}.{os.getpid()}.tmp.png"
-                load_image(value, base_dir).save(tmp)  # decoded RGB as PNG: same size, lossless
-                os.replace(tmp, folder / names[-1])
+                load_image(value, base_dir).save(folder / names[-1])  # decoded RGB as PNG: same size, lossless
             if names:
                 record["images"] = names
-        for path, text in (
-            (folder / CURATED, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)),
-            (folder / REPORT, json.dumps(report, indent=2)),
-        ):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        (folder / CURATED).write_text(text, encoding="utf-8")
+        (folder / REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
 
     # ------------------------------------------------------------------ loaders and state
     def train_dataloader(self) -> DataLoader:

@@ -56,7 +56,7 @@ def test_export_from_a_plain_checkpoint(tmp_path):
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     trained = {k.removeprefix("policy."): v for k, v in state.items()}
     check_folder(tmp_path / "exported", trained)
-    initial = AutoModelForCausalLM.from_pretrained(tmp_path.parent / "ares_cache" / "models" / "tiny-qwen2").state_dict()
+    initial = AutoModelForCausalLM.from_pretrained(next((tmp_path.parent / "ares_cache" / "models").glob("tiny-qwen2-*"))).state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in trained.items())  # trained weights, not the initial ones
     # --local_dir on the run's checkpoint folder: it picks last.ckpt, says so, and writes <folder>/huggingface.
     res = run_cli(tmp_path, "--local_dir", str(tmp_path / "ckpt"), module="ares_lit.export")

@@ -5,19 +5,18 @@ writes an adapter folder: adapter_config.json, adapter_model.safetensors and the
 config names the base model (`base_model_name_or_path`). `infer`, `evaluate` and `fit` accept
 such a folder wherever they take a model: `merged_folder` merges base + adapter into
 `<cache>/merged/<key>` the first time (key = a hash of the adapter's files and the base path),
-built in a temp folder and renamed into place under a lock, and reuses it afterwards.
+built in a temp folder and renamed into place under a lock (models/cache.py), and reuses it afterwards.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 __all__ = ["adapter_base", "merged_folder"]
+
+MARKER = "ares_merged_from.json"  # written last: a folder that has it is complete
 
 
 def adapter_base(folder: str | Path) -> str | None:
@@ -47,8 +46,10 @@ def merged_folder(folder: str | Path, cache_dir: str | Path | None = None) -> Pa
     import torch
     from transformers import AutoTokenizer
 
+    from ares_lit.models.cache import build_once
     from ares_lit.models.resolve import resolve_model_path
-    from ares_lit.models.smollm2 import _file_lock, default_cache_dir, save_cached_model
+    from ares_lit.models.smollm2 import default_cache_dir, save_cached_model
+    from ares_lit.modules.export import save_image_processor
     from ares_lit.modules.policy import load_pretrained
 
     folder = Path(folder).expanduser().resolve()
@@ -57,31 +58,21 @@ def merged_folder(folder: str | Path, cache_dir: str | Path | None = None) -> Pa
         raise ValueError(f"{folder} is not a PEFT adapter folder (no adapter_config.json naming its base model)")
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "merged"
     target = root / _key(folder, base)
-    if (target / "config.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{target.name}.lock"):
-        if (target / "config.json").is_file():
-            return target
+
+    def merge(tmp: Path) -> None:
         from peft import PeftModel
 
         base_path = resolve_model_path(base)
         dtype = json.loads((Path(base_path) / "config.json").read_text()).get("torch_dtype") or "float32"
         model = load_pretrained(base_path, getattr(torch, str(dtype).removeprefix("torch."), torch.float32))
         merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
-        try:
-            merged.config.use_cache = True
-            save_cached_model(merged, tmp)
-            source = folder if (folder / "tokenizer_config.json").is_file() else Path(base_path)
-            AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(tmp))
-            from ares_lit.modules.export import save_image_processor
+        merged.config.use_cache = True
+        save_cached_model(merged, tmp)
+        source = folder if (folder / "tokenizer_config.json").is_file() else Path(base_path)
+        AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(tmp))
+        save_image_processor(base_path, tmp)
+        (tmp / MARKER).write_text(json.dumps({"adapter": str(folder), "base": base}) + "\n")  # last: complete
 
-            save_image_processor(base_path, tmp)
-            (tmp / "ares_merged_from.json").write_text(json.dumps({"adapter": str(folder), "base": base}) + "\n")
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print(f"[ares_lit] merged the LoRA adapter {folder} into its base {base}: {target}", flush=True)
-    return target
+    if not (target / MARKER).is_file():
+        print(f"[ares_lit] merging the LoRA adapter {folder} into its base {base} (once): {target}", flush=True)
+    return build_once(target, lambda path: (path / MARKER).is_file(), merge)

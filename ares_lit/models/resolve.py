@@ -26,11 +26,11 @@ BUILTIN_PREFIX = "builtin:"
 
 
 def _tiny_qwen2() -> Path:
-    return build_tiny_qwen2(default_cache_dir() / "models" / "tiny-qwen2")
+    return build_tiny_qwen2(default_cache_dir() / "models" / "tiny-qwen2", versioned=True)
 
 
 def _tiny_qwen2_5_vl() -> Path:
-    return build_tiny_qwen2_5_vl(default_cache_dir() / "models" / "tiny-qwen2.5-vl")
+    return build_tiny_qwen2_5_vl(default_cache_dir() / "models" / "tiny-qwen2.5-vl", versioned=True)
 
 
 # name -> function returning the local folder (building or converting it on first use).

