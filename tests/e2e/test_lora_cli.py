@@ -69,6 +69,7 @@ def test_lora_cold_start_then_aepo_on_vllm_as_close_as_full_fine_tuning(tmp_path
     check_panels(full, "vllm")
     gaps = {name: [e.value for e in scalars(next((d / "runs" / "aepo").glob("version_*"))).Scalars("rollout/engine_logprob_gap")]
             for name, d in (("full", full), ("lora", lora))}
+    print("rollout/engine_logprob_gap by step:", gaps)  # docs/lora.md quotes this line (pytest -s)
     assert len(gaps["lora"]) == 2 and max(gaps["lora"]) < 1e-4, gaps
     assert max(gaps["lora"]) <= 3 * max(gaps["full"]) + 1e-6, gaps  # as small as full fine-tuning's
 

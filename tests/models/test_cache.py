@@ -134,6 +134,7 @@ print("KEY", dm.cache_path.name, len(dm.records))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_curating_one_pool_curate_once(tmp_path):
     tiny = build_tiny_qwen2(tmp_path / "tiny")
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "ARES_LIT_CACHE": str(tmp_path)}
