@@ -214,8 +214,7 @@ def _export_lora(lora, weights, source, torch_dtype, output_dir: Path, adapter_o
     from ares_lit.modules.lora import apply_lora, check_lora, merged_state_dict
     from ares_lit.modules.policy import load_pretrained
 
-    settings = check_lora(lora if isinstance(lora, dict) else {k: getattr(lora, k) for k in
-                                                                ("r", "alpha", "dropout", "target_modules", "modules_to_save", "adapter_path")})
+    settings = check_lora(lora)  # the checkpoint's LoraSettings (or a dict)
     policy = apply_lora(load_pretrained(str(source), torch_dtype), settings)
     wanted = {n for n, p in policy.named_parameters() if p.requires_grad}
     missing = sorted(wanted - set(weights))

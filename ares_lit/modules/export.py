@@ -110,6 +110,26 @@ def _put_in_place(staged: Path, target: Path, existing: str, log_dir: str | None
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _write_staged(target: Path, existing: str, record: dict, write) -> None:
+    """`write(staged)` into a hidden sibling folder, add ares_export.json (`record` + time and
+    version), then rename it into place (`_put_in_place`); a failure removes the staged folder."""
+    if existing not in _EXISTING:
+        raise ValueError(f"existing must be one of {_EXISTING}; got {existing!r}")
+    if existing == "refuse" and target.is_dir() and any(target.iterdir()):
+        raise FileExistsError(f"export target {str(target)!r} is not empty")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    staged.mkdir()
+    record = {**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ares_lit_version": _ares_lit_version()}
+    try:
+        write(staged)
+        (staged / EXPORT_INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        _put_in_place(staged, target, existing, record.get("log_dir"))
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
 def export_hf(
     model,
     tokenizer,
@@ -132,17 +152,9 @@ def export_hf(
             (one line says so; an earlier export of the same `log_dir` is replaced instead),
             "replace" deletes it once the new export is in place, "refuse" raises FileExistsError.
     """
-    if existing not in _EXISTING:
-        raise ValueError(f"existing must be one of {_EXISTING}; got {existing!r}")
-    target = Path(target)
-    if existing == "refuse" and target.is_dir() and any(target.iterdir()):
-        raise FileExistsError(f"export target {str(target)!r} is not empty")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
-    staged.mkdir()
-    record = {"what": what, **(info or {}), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "ares_lit_version": _ares_lit_version()}
-    try:
+    target, record = Path(target), {"what": what, **(info or {})}
+
+    def write(staged: Path) -> None:
         # Inference default for whoever loads the folder (a VL model keeps use_cache in its text config).
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         use_cache = getattr(config, "use_cache", False)
@@ -154,11 +166,8 @@ def export_hf(
         tokenizer.save_pretrained(str(staged))
         if source is not None:
             save_image_processor(source, staged)
-        (staged / EXPORT_INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
-        _put_in_place(staged, target, existing, record.get("log_dir"))
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+
+    _write_staged(target, existing, record, write)
     print(f"[ares_lit] exported the {what} to {target}", flush=True)
     return target
 
@@ -186,7 +195,10 @@ def export_at_fit_end(module: pl.LightningModule, export_dir: str | None, what: 
         state_dict, model = merged_state_dict(module.policy, zero3, trainer.is_global_zero), module.policy.get_base_model()
     elif zero3:
         state_dict = gathered_state_dict(module.policy, trainer.is_global_zero)
-    adapter = gathered_state_dict(module.policy, trainer.is_global_zero) if lora and zero3 else None
+    adapter = None
+    if lora and zero3:  # the adapter's tensors only: the merged state dict above already gathered the model once
+        trainable = {n for n, p in module.policy.named_parameters() if p.requires_grad}
+        adapter = gathered_state_dict(module.policy, trainer.is_global_zero, names=trainable)
     if trainer.is_global_zero:
         source = getattr(module, "resolved_model_path", None)
         hp = getattr(module, "hparams", {})
@@ -203,25 +215,16 @@ def export_adapter(policy, tokenizer, target: str | Path, what: str = "policy", 
                    existing: str = "move") -> Path:
     """Save a LoRA policy's PEFT adapter folder (adapter_config.json + adapter_model.safetensors,
     with the tokenizer), staged and renamed into place like `export_hf`."""
-    target = Path(target)
-    if existing == "refuse" and target.is_dir() and any(target.iterdir()):
-        raise FileExistsError(f"export target {str(target)!r} is not empty")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
-    staged.mkdir()
-    record = {"what": f"{what} (LoRA adapter)", **(info or {}), "lora": "adapter",
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ares_lit_version": _ares_lit_version()}
-    try:
-        if state_dict is not None:  # a gathered ZeRO-3 state dict: keep the adapter's entries, as peft names them
+    def write(staged: Path) -> None:
+        adapter = state_dict
+        if adapter is not None:  # a gathered ZeRO-3 state dict: keep the adapter's entries, as peft names them
             from peft import get_peft_model_state_dict
 
-            state_dict = get_peft_model_state_dict(policy, state_dict=state_dict)
-        policy.save_pretrained(str(staged), state_dict=state_dict, safe_serialization=True)
+            adapter = get_peft_model_state_dict(policy, state_dict=adapter)
+        policy.save_pretrained(str(staged), state_dict=adapter, safe_serialization=True)
         tokenizer.save_pretrained(str(staged))
-        (staged / EXPORT_INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
-        _put_in_place(staged, target, existing, record.get("log_dir"))
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+
+    target = Path(target)
+    _write_staged(target, existing, {"what": f"{what} (LoRA adapter)", **(info or {}), "lora": "adapter"}, write)
     print(f"[ares_lit] exported the {what}'s LoRA adapter to {target}", flush=True)
     return target

@@ -318,15 +318,6 @@ def trainable_state(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]
     return {k: v for k, v in state_dict.items() if k in keep}
 
 
-def adapter_info(folder: str | Path) -> dict:
-    """adapter_config.json of a PEFT folder ({} if unreadable)."""
-    path = adapter_config_path(folder)
-    try:
-        return json.loads(path.read_text()) if path else {}
-    except (OSError, ValueError):
-        return {}
-
-
 class LoraMixin:
     """Checkpoint and strategy handling shared by both LightningModules when `lora` is set.
 

@@ -82,18 +82,21 @@ def param_shape(p: torch.Tensor) -> torch.Size:
     return getattr(p, "ds_shape", p.shape)
 
 
-def gathered_state_dict(model: torch.nn.Module, rank_zero: bool) -> dict[str, torch.Tensor] | None:
+def gathered_state_dict(model: torch.nn.Module, rank_zero: bool, names: set[str] | None = None) -> dict[str, torch.Tensor] | None:
     """The full state dict of a ZeRO-3 model, on the CPU of rank 0 (None on the other ranks).
 
     Every rank must call it (each gather is a collective). Parameters are gathered one at a
     time and copied to the CPU, so a rank holds at most one full parameter on its device.
-    Tied parameters appear under each of their names, as in `state_dict()`.
+    Tied parameters appear under each of their names, as in `state_dict()`. `names`: only these
+    entries (every rank must pass the same set).
     """
     import deepspeed
 
     out: dict[str, torch.Tensor | None] = {}
     seen: dict[int, torch.Tensor | None] = {}  # tracked on every rank, so all ranks gather the same tensors
     for name, tensor in model.state_dict(keep_vars=True).items():
+        if names is not None and name not in names:  # e.g. a LoRA adapter's tensors only
+            continue
         if id(tensor) not in seen:  # tied weights: one gather, every name
             if hasattr(tensor, "ds_id"):
                 with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
