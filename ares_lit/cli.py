@@ -25,12 +25,15 @@ import shutil
 import sys
 import warnings
 
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from ares_lit.atomic_io import DISK_FULL, AtomicCheckpointIO
 from ares_lit.cli_errors import HINT, AresArgumentParser, short_error
 from ares_lit.launch import prepare_launch
+from callbacks.preemption import PreemptionCallback
 from callbacks.rollout import RolloutCallback
 
 # TensorBoard under runs/ unless a config says otherwise.
@@ -99,8 +102,13 @@ class AresCLI(LightningCLI):
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         listed = trainer_config.get("callbacks") or []
         listed = list(listed) if isinstance(listed, list) else [listed]
-        trainer_config["callbacks"] = ([rollout] if rollout is not None else []) + listed + [_TrainingStarted()]
-        return self._instantiate_trainer(trainer_config, [])
+        # Preemption (SIGTERM, SLURM's SIGUSR1) saves at the end of the step: on unless listed with other arguments.
+        preemption = [] if any(_is_a(c, PreemptionCallback) for c in listed) else [PreemptionCallback()]
+        trainer_config["callbacks"] = ([rollout] if rollout is not None else []) + listed + [_TrainingStarted()] + preemption
+        trainer = self._instantiate_trainer(trainer_config, [])
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin, not DeepSpeed's
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # a failed save keeps the previous last.ckpt
+        return trainer
 
     def before_fit(self) -> None:
         # Before any model loads: the SLURM layout must match the Trainer (ares_lit/launch.py).
@@ -219,3 +227,11 @@ def main(args: list[str] | None = None, run: bool = True) -> AresCLI:
             shutil.rmtree(_STATE.new_log_dir, ignore_errors=True)  # a failed start leaves no empty version_N
         sys.stderr.write(f"error: {short_error(exc)}\n       {HINT}\n")
         raise SystemExit(2) from None
+    except OSError as exc:
+        if debug or exc.errno not in DISK_FULL:
+            raise
+        sys.stderr.write(
+            f"error: {exc}\n       the disk is full or a file-size limit (ulimit -f) was reached: free space, "
+            "then resume with --ckpt_path=last\n"
+        )
+        raise SystemExit(1) from None

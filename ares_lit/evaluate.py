@@ -48,6 +48,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from ares_lit.atomic_io import write_text_atomic
 from ares_lit.evaluation.like_run import DEFAULTS, resolve, settings_header
 from ares_lit.evaluation.metrics import summarize, valid_ks
 from ares_lit.evaluation.runner import EvalSettings, evaluate_batches
@@ -333,9 +334,9 @@ def run(args: argparse.Namespace) -> dict:
     }
     if "baseline" in results:
         metrics["baseline"] = {k: results["baseline"][k] for k in ("model_path", "overall", "groups")}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))  # a full disk keeps the old one
     table = markdown_table(summaries, ks)
-    (out / "metrics.md").write_text(table + "\n")
+    write_text_atomic(out / "metrics.md", table + "\n")
     scalars: dict[str, float] = {}
     for label, summary in summaries.items():
         scalars.update(flat_scalars(summary, f"eval/{label}", ks))

@@ -53,7 +53,7 @@ def test_sbatch_template_is_valid_bash_with_the_launch_settings():
     text = SBATCH.read_text()
     directives = dict(line[len("#SBATCH --"):].split("=", 1) if "=" in line else (line[len("#SBATCH --"):], "")
                       for line in text.splitlines() if line.startswith("#SBATCH --"))
-    assert directives["signal"] == "SIGUSR1@90" and "requeue" in directives
+    assert directives["signal"] == "SIGUSR1@600" and "requeue" in directives
     assert directives["gres"] == f"gpu:{directives['ntasks-per-node']}"  # one task per GPU
     assert {"nodes", "cpus-per-task"} <= set(directives)
     assert '--trainer.num_nodes="$SLURM_NNODES"' in text and '--trainer.devices="$SLURM_NTASKS_PER_NODE"' in text

@@ -15,8 +15,11 @@ BRANCHING = """
   branching: {initial_n: 2, budget: [0, 1, 2], children_per_point: 1, min_prefix: 2, min_suffix: 2, min_gap: 4}"""
 
 
-def write_overlay(tmp: Path, engine: str, steps: int = 2, extra_callbacks: str = "", branching: bool = False) -> Path:
-    """`branching`: the rollout samples 2 responses per prompt, then branches (n = 4 leaves)."""
+def write_overlay(
+    tmp: Path, engine: str, steps: int = 2, extra_callbacks: str = "", branching: bool = False, ckpt_every: int = 1
+) -> Path:
+    """`branching`: the rollout samples 2 responses per prompt, then branches (n = 4 leaves).
+    `ckpt_every`: ModelCheckpoint's every_n_train_steps."""
     reward = tmp / "reward.py"
     reward.write_text(REWARD_FILE)
     data = tmp / "prompts.jsonl"
@@ -38,7 +41,7 @@ trainer:
     - class_path: callbacks.entropy_logging.EntropyLoggingCallback
       init_args: {{media_every_n_steps: 1}}
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {tmp / "ckpt"}, save_last: true, every_n_train_steps: 1, save_top_k: 0}}
+      init_args: {{dirpath: {tmp / "ckpt"}, save_last: true, every_n_train_steps: {ckpt_every}, save_top_k: 0}}
 {extra_callbacks}
 rollout:
   engine: {engine}
