@@ -25,7 +25,7 @@ from ares_lit.experience.scoring import check_policy_scoring, reuse_engine_score
 from ares_lit.modules.scoring import in_precision
 from ares_lit.modules.lora import push_weights
 from ares_lit.modules.zero import zero3_enabled
-from ares_lit.progress import report_phase
+from ares_lit.progress import forget_last_step_metrics, report_phase
 from ares_lit.rollout.vllm_logs import check_vllm_importable, check_vllm_log_level
 
 __all__ = ["RolloutCallback"]
@@ -372,6 +372,7 @@ class RolloutCallback(pl.Callback):
     # ------------------------------------------------------------------ the step
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         """Push the weights, then build this step's `RolloutBatch` with the experience pipeline."""
+        forget_last_step_metrics(trainer)
         timings: dict[str, float] = {}
         report_phase(trainer, "weight_sync")
         with timer(timings, "weight_sync"):
@@ -446,3 +447,4 @@ def _data_setting(dm, name: str):
     if value is None:
         value = (getattr(dm, "hparams", None) or {}).get(name)
     return value
+

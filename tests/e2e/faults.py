@@ -30,3 +30,16 @@ class SignalAt(pl.Callback):
         if not self.fired and phase == self.phase and self.current == self.step:
             self.fired = True
             os.kill(os.getpid(), self.signal)
+
+
+_REWARD_CALLS: list[int] = []
+
+
+def reward_first_call_only(responses, answers):
+    """A `rollout.reward_fn`: the parity rule of configs/smoke_reward.py on its first call, then 0 for all.
+
+    Every group after the first grading is all wrong, even after refills: steps 2 and up have no
+    update (the skipped-step path of AEPOModule.training_step), deterministically.
+    """
+    _REWARD_CALLS.append(1)
+    return [1.0 if len(r) % 2 == 0 and len(_REWARD_CALLS) == 1 else 0.0 for r in responses]

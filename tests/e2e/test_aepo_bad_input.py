@@ -35,6 +35,18 @@ def test_malformed_rows_are_skipped_and_counted(tmp_path):
     assert len(acc.Scalars("train/pg_loss")) == 1  # and it trained
 
 
+def test_a_step_without_an_update_logs_no_stale_panels(tmp_path):
+    """Steps 2 and 3 have no informative group (tests/e2e/faults.py): their panels show the skip, not step 1's numbers."""
+    overlay = write_overlay(tmp_path, "hf", steps=3)
+    fit(tmp_path, "--config", str(overlay), f"--rollout.reward_fn={ROOT / 'tests/e2e/faults.py'}:reward_first_call_only")
+    acc = EventAccumulator(str(next((tmp_path / "runs" / "aepo").glob("version_*"))), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = lambda tag: [e.step for e in acc.Scalars(tag)]  # noqa: E731
+    assert steps("train/loss") == steps("train/kl") == steps("reward/accuracy") == [0]  # not re-logged at 1, 2
+    assert [(e.step, e.value) for e in acc.Scalars("train/skipped_steps")] == [(1, 1.0), (2, 1.0)]
+    assert [(e.step, e.value) for e in acc.Scalars("rollout/empty_steps")] == [(1, 1.0), (2, 2.0)]
+
+
 def _fails(tmp_path, *args):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ARES_LIT_CACHE": str(tmp_path.parent / "ares_cache")}
     cmd = [sys.executable, "-m", "ares_lit", "fit", "--config", str(ROOT / "configs/aepo.yaml"), *args]
