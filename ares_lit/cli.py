@@ -23,14 +23,18 @@ import logging
 import os
 import shutil
 import sys
+import threading
+import traceback
 import warnings
+from pathlib import Path
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
-from ares_lit.atomic_io import DISK_FULL, AtomicCheckpointIO
+from ares_lit.atomic_io import DISK_FULL, NO_ROOM_HINT, AtomicCheckpointIO, atomic_deepspeed_checkpoints, check_deepspeed_checkpoint
 from ares_lit.cli_errors import HINT, AresArgumentParser, short_error
 from ares_lit.launch import prepare_launch
 from callbacks.preemption import PreemptionCallback
@@ -57,6 +61,7 @@ class _RunState:
     def reset(self) -> None:
         self.training = False  # the first training batch has started
         self.new_log_dir: str | None = None  # a log folder this run creates (removed if it fails to start)
+        self.log_dir: str | None = None  # the logger's folder (named when TensorBoard cannot write)
 
 
 _STATE = _RunState()
@@ -106,15 +111,19 @@ class AresCLI(LightningCLI):
         preemption = [] if any(_is_a(c, PreemptionCallback) for c in listed) else [PreemptionCallback()]
         trainer_config["callbacks"] = ([rollout] if rollout is not None else []) + listed + [_TrainingStarted()] + preemption
         trainer = self._instantiate_trainer(trainer_config, [])
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin, not DeepSpeed's
+        if isinstance(trainer.strategy, DeepSpeedStrategy):  # folders, written by DeepSpeed, not checkpoint_io
+            atomic_deepspeed_checkpoints(trainer.strategy)  # a kill mid-save leaves `latest` on a complete save
+        elif type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # a failed save keeps the previous last.ckpt
         return trainer
 
     def before_fit(self) -> None:
         # Before any model loads: the SLURM layout must match the Trainer (ares_lit/launch.py).
         prepare_launch(self.trainer, self.datamodule)
+        _check_resume_folder(self.config[self.subcommand].get("ckpt_path"), self.trainer)
         logger = self.trainer.logger
         log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+        _STATE.log_dir = log_dir
         if log_dir and not os.path.isdir(log_dir) and self.trainer.is_global_zero:
             new = os.path.abspath(log_dir)  # and the parents it creates (runs/aepo on a first run)
             while not os.path.isdir(os.path.dirname(new)) and os.path.dirname(new) != new:
@@ -122,6 +131,18 @@ class AresCLI(LightningCLI):
             _STATE.new_log_dir = new
 
     before_validate = before_test = before_fit
+
+
+def _check_resume_folder(ckpt_path: str | None, trainer: Trainer) -> None:
+    """Before any model loads: an interrupted DeepSpeed save named by --ckpt_path (or found by `last`) stops the run."""
+    if ckpt_path == "last":
+        dirs = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+        found = [p for d in dirs for p in d.glob("last*.ckpt")]
+        path = max(found, key=os.path.getmtime) if found else None  # Lightning's pick: the newest
+    else:
+        path = Path(ckpt_path) if ckpt_path and ckpt_path not in ("best", "hpc", "registry") else None
+    if path is not None and path.is_dir():
+        check_deepspeed_checkpoint(path)
 
 
 def _import(class_path: str):
@@ -208,6 +229,7 @@ def main(args: list[str] | None = None, run: bool = True) -> AresCLI:
         args = [a for a in args if a != "--debug"]
     AresArgumentParser.debug = debug
     _STATE.reset()
+    _quiet_disk_full_in_threads()
     try:
         return AresCLI(
             LightningModule,
@@ -230,8 +252,26 @@ def main(args: list[str] | None = None, run: bool = True) -> AresCLI:
     except OSError as exc:
         if debug or exc.errno not in DISK_FULL:
             raise
-        sys.stderr.write(
-            f"error: {exc}\n       the disk is full or a file-size limit (ulimit -f) was reached: free space, "
-            "then resume with --ckpt_path=last\n"
-        )
+        sys.stderr.write(f"error: {_what_was_not_written(exc)}\n       {NO_ROOM_HINT} resume with --ckpt_path=last\n")
         raise SystemExit(1) from None
+
+
+def _what_was_not_written(exc: OSError) -> str:
+    """A full disk's message. TensorBoard writes from a thread and re-raises its error, without a file name,
+    at the next log call: name the run's log folder instead."""
+    if exc.filename or not any("tensorboard" in f.filename for f in traceback.extract_tb(exc.__traceback__)):
+        return str(exc)
+    where = f" in {_STATE.log_dir}" if _STATE.log_dir else ""
+    return f"[Errno {exc.errno}] could not write TensorBoard's event file{where} ({exc.strerror}); the last checkpoint is intact"
+
+
+def _quiet_disk_full_in_threads() -> None:
+    """A full disk in TensorBoard's writer thread is reported once, by the main thread, not as a thread's traceback."""
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError) and args.exc_value.errno in DISK_FULL:
+            return
+        default(args)
+
+    threading.excepthook = hook

@@ -48,7 +48,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from ares_lit.atomic_io import write_text_atomic
+from ares_lit.atomic_io import DISK_FULL, NO_ROOM_HINT, write_text_atomic
 from ares_lit.evaluation.like_run import DEFAULTS, resolve, settings_header
 from ares_lit.evaluation.metrics import summarize, valid_ks
 from ares_lit.evaluation.runner import EvalSettings, evaluate_batches
@@ -356,7 +356,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     try:
         run(parse_args(argv, parser))
-    except (ImageError, ValueError, OSError) as err:
+    except OSError as err:
+        if err.errno in DISK_FULL:  # finished rows and a previous metrics.json are kept; a rerun resumes
+            parser.exit(1, f"{parser.prog}: error: {err}\n       {NO_ROOM_HINT} run the same command again\n")
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except (ImageError, ValueError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     sys.stdout.flush()
 

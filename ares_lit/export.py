@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from ares_lit.atomic_io import DISK_FULL, NO_ROOM_HINT
+
 __all__ = ["check_output_dir", "export_checkpoint", "load_checkpoint", "main", "resolve_local_dir"]
 
 _PREFIX = "policy."
@@ -52,11 +54,14 @@ def _deepspeed_checkpoint(path: Path) -> dict[str, Any]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint, get_model_state_file, get_optim_files
     from lightning.pytorch.utilities.deepspeed import ds_checkpoint_dir
 
-    if not (path / "latest").is_file():
+    from ares_lit.atomic_io import check_deepspeed_checkpoint
+
+    if not (path / "latest").is_file() and not any(path.glob("*/*_states.pt")):
         raise ValueError(
             f"{path} is a folder but not a DeepSpeed checkpoint (it has no 'latest' file); pass a Lightning .ckpt file "
             "or the folder DeepSpeed writes in its place (e.g. .../checkpoints/last.ckpt/)"
         )
+    check_deepspeed_checkpoint(path)  # an interrupted save names itself, not a stack trace
     tag_dir = ds_checkpoint_dir(str(path))
     optim = torch.load(get_optim_files(tag_dir)[0], map_location="cpu", weights_only=False)
     zero_stage = optim["optimizer_state_dict"]["zero_stage"]
@@ -313,6 +318,10 @@ def main(argv: list[str] | None = None) -> None:
         export_checkpoint(checkpoint, output_dir, args.model_path, args.dtype, args.overwrite, args.adapter_only)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        parser.exit(1, f"{parser.prog}: error: {err}\n       {NO_ROOM_HINT} export again\n")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from ares_lit.atomic_io import write_text_atomic
+
 __all__ = ["SampleStore", "PUBLIC_FIELDS"]
 
 # The public row schema of samples.jsonl (README "Evaluation"); `problem`, `boxed` and
@@ -62,11 +64,9 @@ class SampleStore:
             done = batch.stop
         kept = [r for r in rows if int(r["problem"]) < done]
         kept.sort(key=lambda r: (int(r["problem"]), int(r["sample"])))
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in kept:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.path)
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
+        if text != self.path.read_text(encoding="utf-8"):  # a torn tail or unfinished batches: a new file, renamed in
+            write_text_atomic(self.path, text)  # a full disk names the file and keeps the old one
         return kept, done
 
     def append(self, rows: list[dict]) -> None:

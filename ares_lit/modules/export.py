@@ -20,6 +20,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from ares_lit.atomic_io import disk_full_errno, no_room
+
 __all__ = ["EXPORT_INFO", "export_hf", "export_adapter", "export_at_fit_end", "read_export_info", "save_image_processor"]
 
 EXPORT_INFO = "ares_export.json"
@@ -125,8 +127,10 @@ def _write_staged(target: Path, existing: str, record: dict, write) -> None:
         write(staged)
         (staged / EXPORT_INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
         _put_in_place(staged, target, existing, record.get("log_dir"))
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staged, ignore_errors=True)
+        if disk_full_errno(exc):  # an OSError, or safetensors' own error for one
+            raise no_room(exc, f"the export {target}", "the staged copy was removed; a previous export there is intact") from exc
         raise
 
 

@@ -40,12 +40,16 @@ def _data(tmp: Path) -> Path:
 
 
 def _evaluate(tmp: Path, out: Path, *extra: str, engine: str = "hf", n: int = 3, data: Path | None = None):
+    return run_cli(tmp, *_args(tmp, out, *extra, engine=engine, n=n, data=data), module="ares_lit.evaluate", timeout=600)
+
+
+def _args(tmp: Path, out: Path, *extra: str, engine: str = "hf", n: int = 3, data: Path | None = None) -> list[str]:
     args = ["--model_path", "builtin:tiny-qwen2", "--data", str(data or _data(tmp)), "--n", str(n), "--k", "1,2",
             "--max_tokens", "10", "--engine", engine, "--batch_size", "2", "--answer_fallback", "last_number",
             "--output_dir", str(out), "--no_progress", "--temperature", "1.0", "--top_p", "1.0", *extra]
     if engine == "vllm":
         args += ["--engine_kwargs", '{"kv_cache_gb": 0.5}']
-    return run_cli(tmp, *args, module="ares_lit.evaluate", timeout=600)
+    return args
 
 
 def _rows(path: Path) -> list[dict]:
@@ -166,6 +170,24 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     assert _rows(samples) == full_rows
     assert _comparable(json.loads((killed / "metrics.json").read_text())) == _comparable(reference)
+
+
+def test_a_full_disk_keeps_the_finished_metrics(tmp_path):
+    """A finished evaluation, rerun under `ulimit -f 2` (a write past 2 KiB fails with a real EFBIG): every
+    row resumes, the new metrics.json cannot be written, and the one on disk stays byte for byte."""
+    out = tmp_path / "done"
+    res = _evaluate(tmp_path, out, n=2)
+    assert res.returncode == 0, res.stderr[-4000:]
+    tree = lambda: {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}  # noqa: E731
+    files = tree()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ARES_LIT_CACHE": str(tmp_path.parent / "ares_cache")}
+    cmd = " ".join([f"ulimit -f 2; exec {sys.executable} -m ares_lit.evaluate", *(f"'{a}'" for a in _args(tmp_path, out, n=2))])
+    res = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 1, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert lines[-2].startswith(f"python -m ares_lit.evaluate: error: [Errno 27] could not write {out / 'metrics.json'}")
+    assert "the previous file, if any, is intact" in lines[-2] and "run the same command again" in lines[-1]
+    assert tree() == files  # metrics.json intact, no .tmp left
 
 
 def test_baseline_gets_the_same_problems_and_seeds(tmp_path):

@@ -37,8 +37,9 @@ def test_coldstart_fit_on_deepspeed(tmp_path, stage):
 
     # DeepSpeed's sharded checkpoint folder, with Lightning's state inside.
     ckpt = tmp_path / "ckpt" / "last.ckpt"
-    assert ckpt.is_dir() and (ckpt / "latest").read_text().strip() == "checkpoint"
-    optim = torch.load(next((ckpt / "checkpoint").glob("*optim_states.pt")), map_location="cpu", weights_only=False)
+    tag = (ckpt / "latest").read_text()  # the save's own folder (ares_lit/atomic_io.py), named by the step
+    assert ckpt.is_dir() and tag.startswith("step0000002-") and [p.name for p in ckpt.iterdir() if p.is_dir()] == [tag]
+    optim = torch.load(next((ckpt / tag).glob("*optim_states.pt")), map_location="cpu", weights_only=False)
     assert int(optim["optimizer_state_dict"]["zero_stage"]) == stage
     trained = {k.removeprefix("policy."): v for k, v in fp32_weights(ckpt).items()}
 
