@@ -8,8 +8,8 @@ A LoRA run's checkpoint holds the adapter only; the export rebuilds the run's mo
 writes the merged model (default), or the PEFT adapter folder with `--adapter_only`.
 
 The checkpoint is either a Lightning `.ckpt` file (single device, DDP) or the folder that
-DeepSpeed writes in its place (`last.ckpt/` holding `latest` and `checkpoint/*_states.pt`, ZeRO-2
-or ZeRO-3 shards from every rank). ZeRO shards are merged with DeepSpeed's `zero_to_fp32` (the
+DeepSpeed writes in its place (`last.ckpt/` holding `latest` and `<tag>/*_states.pt`, ZeRO-2
+or ZeRO-3 shards from every rank; `latest` names the complete save, ares_lit/atomic_io.py). ZeRO shards are merged with DeepSpeed's `zero_to_fp32` (the
 fp32 master weights) and cast to the run's `model.dtype`. The model's architecture, tokenizer and
 (for Qwen2.5-VL) image processor come from the run's `model_path`, which the checkpoint's
 hyper-parameters name; `--model_path` overrides it (e.g. when the run used a folder that moved).

@@ -5,9 +5,10 @@
 
 At step 0 the policy, the old policy and the reference are the same weights, so in exact
 arithmetic the first update's PPO ratio is 1 (`train/ppo_kl` = 0) and the k3 KL is 0 (`train/kl`).
-Under bf16-mixed, matmuls are not batch-invariant: the no-grad scoring passes (old and reference
-log-probs) batch rows by `max_tokens_per_score_batch`, the update by `max_tokens_per_micro_batch`,
-and different row groupings give slightly different bf16 results. Each layout is one real
+Under bf16-mixed, matmul kernels that choose their blocking by batch shape (cuBLAS) are not
+batch-invariant: the no-grad scoring passes (old and reference log-probs) batch rows by
+`max_tokens_per_score_batch`, the update by `max_tokens_per_micro_batch`, and different row
+groupings can give slightly different bf16 results (on our CPU, oneDNN's did not; docs/scale-out.md). Each layout is one real
 `python -m ares_lit fit --config configs/aepo.yaml` step in its own process (bf16-mixed,
 validation off); printed: the two step-0 panels, and the scoring passes' seconds (`time/logprobs`).
   - default: the configs/aepo.yaml budgets, 512 (update) and 1024 (scoring);
