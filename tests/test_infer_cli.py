@@ -165,6 +165,7 @@ def _response_texts(out: str) -> list[str]:
     return re.split(RESPONSE, out)[5::5]  # the text after each header
 
 
+@pytest.mark.slow
 def test_release_spelling_of_do_sample_through_the_cli(tmp_path):
     """`--do_sample True/False` as the release passes it: False is greedy (the seed does not matter), True samples."""
     base = ["--model_path", "builtin:tiny-qwen2", "--question", "What is 12 + 7?", "--max_tokens", "12",

@@ -107,7 +107,7 @@ def _resume_and_compare(resumed, ckpt, a):
 @pytest.mark.parametrize(
     "sig,phase",
     [
-        ("SIGTERM", "generation"),
+        pytest.param("SIGTERM", "generation", marks=pytest.mark.slow),
         ("SIGUSR1", "update"),
         pytest.param("SIGTERM", "scoring", marks=pytest.mark.slow),
         pytest.param("SIGUSR1", "grading", marks=pytest.mark.slow),

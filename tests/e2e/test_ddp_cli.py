@@ -105,7 +105,7 @@ def parity_on_rank0(responses, answers):
 '''
 
 
-@pytest.mark.parametrize("branching", [False, True], ids=["flat", "branching"])
+@pytest.mark.parametrize("branching", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["flat", "branching"])
 def test_a_rank_without_rollouts_takes_part_and_the_run_completes(tmp_path, branching):
     """One rank keeps groups, the other drops them all: no hang, and the state still agrees.
     With branching every refill round scores and gathers, so rank 0 (whose groups are kept)

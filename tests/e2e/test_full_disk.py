@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -46,6 +47,7 @@ def test_a_full_disk_during_export_keeps_the_previous_export(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "run.ckpt"]  # no staged folder left
 
 
+@pytest.mark.slow
 def test_a_full_disk_for_tensorboard_stops_the_run_with_one_message(tmp_path):
     overlay = coldstart_overlay(tmp_path, stage=None, steps=2)
     first = run_cli(tmp_path, "fit", "--config", str(ROOT / "configs/coldstart.yaml"), "--config", str(overlay),

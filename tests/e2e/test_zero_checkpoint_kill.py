@@ -95,6 +95,7 @@ def check_killed_files(folder, before, moment):
     assert load_checkpoint(folder)["global_step"] == 1
 
 
+@pytest.mark.slow
 def test_a_kill_in_the_first_save_stops_the_resume_naming_the_folder(tmp_path):
     overlay, folder, _ = killed_fit(tmp_path, 2, save=1, moment="file1")
     assert folder.is_dir() and not (folder / "latest").exists()

@@ -60,7 +60,7 @@ def _in_subprocess(fn: str, *args) -> dict:
 
 # ZeRO-3 with CPU offload takes ~75 s on 2 cores: in CI after the default suite (`make test-slow`).
 @pytest.mark.parametrize(
-    "stage", [2, 3, pytest.param("3-offload", marks=pytest.mark.slow), "3-branching", pytest.param("2-lora", marks=pytest.mark.slow), pytest.param("3-lora", marks=pytest.mark.slow)]
+    "stage", [2, 3, pytest.param("3-offload", marks=pytest.mark.slow), pytest.param("3-branching", marks=pytest.mark.slow), pytest.param("2-lora", marks=pytest.mark.slow), pytest.param("3-lora", marks=pytest.mark.slow)]
 )
 def test_weight_sync_after_step_under_zero(tmp_path, stage):
     """"3-branching": with branching rollouts on (phase-1 scoring under ZeRO-3, then the batch).

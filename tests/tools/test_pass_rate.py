@@ -101,6 +101,7 @@ def test_pass_rate_hf_engine(tmp_path, sevens_model):
     check(rows, res, 3)
 
 
+@pytest.mark.slow
 def test_pass_rate_vllm_engine(tmp_path, sevens_model):
     rows, res = run_tool(tmp_path, sevens_model, "vllm", n=2)
     check(rows, res, 2)
