@@ -54,17 +54,25 @@ def no_room(exc: BaseException, what: str, intact: str = "the previous file, if 
     return OSError(number, f"could not write {what} ({os.strerror(number)}); {intact}")
 
 
+@contextlib.contextmanager
+def _undone_on_failure(undo: Any, what: str):
+    """Run the block; on an OSError call `undo()` (remove what was half-written), then re-raise it, a full
+    disk as `no_room(exc, what)`."""
+    try:
+        yield
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            undo()
+        raise no_room(exc, what) if disk_full_errno(exc) else exc
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` through `<path>.tmp` and a rename; on failure remove the temp file and raise."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    try:
+    with _undone_on_failure(tmp.unlink, str(path)):
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise no_room(exc, str(path)) if exc.errno in DISK_FULL else exc
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -72,13 +80,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         tmp = f"{path}.tmp"
-        try:
+        with _undone_on_failure(lambda: os.remove(tmp), f"the checkpoint {path}"):
             super().save_checkpoint(checkpoint, tmp, storage_options=storage_options)
             os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise no_room(exc, f"the checkpoint {path}") if exc.errno in DISK_FULL else exc
 
 
 class IncompleteCheckpointError(ValueError):
@@ -116,7 +120,8 @@ def _save(strategy: Any, checkpoint: dict, filepath: Any, storage_options: Any =
     folder = Path(strategy.broadcast(str(filepath)))  # every rank writes its shards into one folder
     tag = strategy.broadcast(f"step{int(checkpoint.get('global_step', 0)):07d}-{os.urandom(4).hex()}")
     client = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
-    try:
+    undo = (lambda: shutil.rmtree(folder / tag, ignore_errors=True)) if strategy.is_global_zero else (lambda: None)
+    with _undone_on_failure(undo, f"the checkpoint {folder}"):
         strategy.deepspeed_engine.save_checkpoint(
             str(folder), client_state=client, tag=tag, save_latest=False,
             exclude_frozen_parameters=strategy.exclude_frozen_parameters,
@@ -124,10 +129,6 @@ def _save(strategy: Any, checkpoint: dict, filepath: Any, storage_options: Any =
         strategy.barrier("ares_lit_deepspeed_save")
         if strategy.is_global_zero:
             write_text_atomic(folder / "latest", tag)  # the commit: until here `latest` names the previous save
-    except OSError as exc:
-        if strategy.is_global_zero:
-            shutil.rmtree(folder / tag, ignore_errors=True)
-        raise no_room(exc, f"the checkpoint {folder}") if exc.errno in DISK_FULL else exc
     if strategy.is_global_zero:
         for old in folder.iterdir():
             if old.is_dir() and old.name != tag:

@@ -268,10 +268,13 @@ def _what_was_not_written(exc: OSError) -> str:
 def _quiet_disk_full_in_threads() -> None:
     """A full disk in TensorBoard's writer thread is reported once, by the main thread, not as a thread's traceback."""
     default = threading.excepthook
+    if getattr(default, "ares_lit_quiet", False):  # main() ran before in this process
+        return
 
     def hook(args) -> None:
         if isinstance(args.exc_value, OSError) and args.exc_value.errno in DISK_FULL:
             return
         default(args)
 
+    hook.ares_lit_quiet = True
     threading.excepthook = hook

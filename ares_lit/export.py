@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from ares_lit.atomic_io import DISK_FULL, NO_ROOM_HINT
+from ares_lit.atomic_io import DISK_FULL, NO_ROOM_HINT, check_deepspeed_checkpoint
 
 __all__ = ["check_output_dir", "export_checkpoint", "load_checkpoint", "main", "resolve_local_dir"]
 
@@ -53,8 +53,6 @@ def _deepspeed_checkpoint(path: Path) -> dict[str, Any]:
     """Lightning's checkpoint dict from a DeepSpeed folder, with the merged fp32 weights as `state_dict`."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint, get_model_state_file, get_optim_files
     from lightning.pytorch.utilities.deepspeed import ds_checkpoint_dir
-
-    from ares_lit.atomic_io import check_deepspeed_checkpoint
 
     if not (path / "latest").is_file() and not any(path.glob("*/*_states.pt")):
         raise ValueError(

@@ -447,4 +447,3 @@ def _data_setting(dm, name: str):
     if value is None:
         value = (getattr(dm, "hparams", None) or {}).get(name)
     return value
-
